@@ -1,0 +1,171 @@
+//! Error types. Every error says what was wrong and, where it applies, how
+//! big the offending thing was and what the limit is.
+
+use std::io;
+
+/// Errors converting a [`Value`](crate::Value) to or from Rust types.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ValueError {
+    /// The value has another type than the one asked for.
+    #[error("expected {expected}, found {found}")]
+    WrongType {
+        /// What was asked for.
+        expected: &'static str,
+        /// What the value is.
+        found: &'static str,
+    },
+    /// The integer does not fit the target type.
+    #[error("integer {value} does not fit {target}")]
+    OutOfRange {
+        /// The target type.
+        target: &'static str,
+        /// The integer.
+        value: i128,
+    },
+    /// serde could not convert the value.
+    #[error("serde conversion failed: {0}")]
+    Serde(String),
+}
+
+/// Errors decoding bytes received from the network. None of these is fatal
+/// to the node: the frame is refused and, where the stream cannot be
+/// resynchronised, the one connection is dropped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The length prefix announces more than the configured maximum.
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    FrameTooLarge {
+        /// Announced length.
+        len: u64,
+        /// Configured maximum.
+        max: u64,
+    },
+    /// The body is shorter than the 32-byte checksum.
+    #[error("frame body of {len} bytes is shorter than the 32-byte checksum")]
+    FrameTooShort {
+        /// Body length.
+        len: usize,
+    },
+    /// Decompressing would exceed the configured maximum.
+    #[error("{method} body decompresses to more than the limit of {max} bytes")]
+    DecompressedTooLarge {
+        /// Compression method.
+        method: &'static str,
+        /// Configured maximum.
+        max: usize,
+    },
+    /// The compressed data is corrupt.
+    #[error("{method} decompression failed: {reason}")]
+    Decompress {
+        /// Compression method.
+        method: &'static str,
+        /// What the decompressor said.
+        reason: String,
+    },
+    /// SHA-256 of the packed message does not match the checksum, whatever
+    /// decompression was tried.
+    #[error("checksum mismatch on a {len}-byte body (tried: {tried})")]
+    ChecksumMismatch {
+        /// Body length.
+        len: usize,
+        /// The decodings that were tried.
+        tried: String,
+    },
+    /// msgpack ended early.
+    #[error("truncated msgpack: needed {needed} more bytes at offset {offset}")]
+    Truncated {
+        /// Offset of the value being read.
+        offset: usize,
+        /// Bytes missing.
+        needed: usize,
+    },
+    /// A msgpack marker we do not accept (0xc1, or an extension type).
+    #[error("unsupported msgpack marker 0x{marker:02x} at offset {offset}")]
+    BadMarker {
+        /// The marker byte.
+        marker: u8,
+        /// Its offset.
+        offset: usize,
+    },
+    /// A `str` with invalid UTF-8.
+    #[error("invalid UTF-8 in a msgpack str at offset {offset}")]
+    InvalidUtf8 {
+        /// Offset of the str.
+        offset: usize,
+    },
+    /// Nesting deeper than allowed.
+    #[error("msgpack nesting deeper than the limit of {max}")]
+    TooDeep {
+        /// Configured maximum depth.
+        max: usize,
+    },
+    /// More elements than allowed (counted over the whole message).
+    #[error("msgpack holds more than the limit of {max} elements (declared {declared})")]
+    TooManyElements {
+        /// Declared count that crossed the limit.
+        declared: u64,
+        /// Configured maximum.
+        max: usize,
+    },
+    /// Bytes left over after the value.
+    #[error("{extra} trailing bytes after the msgpack value")]
+    TrailingBytes {
+        /// Count of extra bytes.
+        extra: usize,
+    },
+    /// The packed message is not an array of at least 3 elements of the
+    /// right types.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+}
+
+/// Errors of the mesh and sync layers.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An I/O error (bind, connect, ...).
+    #[error("i/o error: {0}")]
+    Io(#[from] io::Error),
+    /// Invalid configuration.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The node was closed.
+    #[error("the node is closed")]
+    Closed,
+    /// No handshaken peer with that id.
+    #[error("no connected peer with id {0}")]
+    UnknownPeer(String),
+    /// Another node holds the lease on this key.
+    #[error("key {key:?} is leased by {owner} until {expires_at} (unix time)")]
+    LeaseHeld {
+        /// The key, lossily rendered as text.
+        key: String,
+        /// The owner's id.
+        owner: String,
+        /// When the lease ends, unix seconds.
+        expires_at: i64,
+    },
+    /// `apply_delta` on a value that is not a map, or with a delta that is
+    /// not a map.
+    #[error("key {key:?} holds a {found}, not a map")]
+    NotAMapping {
+        /// The key, lossily rendered as text.
+        key: String,
+        /// The value's type.
+        found: &'static str,
+    },
+    /// The key is absent.
+    #[error("key {0:?} not found")]
+    KeyNotFound(String),
+    /// A value conversion failed.
+    #[error(transparent)]
+    Value(#[from] ValueError),
+    /// The durable store failed.
+    #[error("store error: {0}")]
+    Store(String),
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
