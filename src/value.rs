@@ -309,7 +309,11 @@ impl<K: Into<Value>, V: Into<Value>> From<BTreeMap<K, V>> for Value {
 }
 impl<K: Into<Value>, V: Into<Value>> FromIterator<(K, V)> for Value {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Value {
-        Value::Map(iter.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
+        Value::Map(
+            iter.into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
     }
 }
 impl<T: Into<Value>> FromIterator<T> for Value {
@@ -385,8 +389,7 @@ impl TryFrom<Value> for Vec<Value> {
 /// assert_eq!(back, Point { x: 1, y: -2 });
 /// ```
 pub fn to_value<T: Serialize + ?Sized>(value: &T) -> Result<Value, ValueError> {
-    let bytes =
-        rmp_serde::to_vec_named(value).map_err(|e| ValueError::Serde(e.to_string()))?;
+    let bytes = rmp_serde::to_vec_named(value).map_err(|e| ValueError::Serde(e.to_string()))?;
     crate::wire::msgpack::decode(&bytes, &crate::wire::Limits::default())
         .map_err(|e| ValueError::Serde(e.to_string()))
 }

@@ -127,12 +127,12 @@ impl Compression {
                 if len > max {
                     return Err(DecodeError::DecompressedTooLarge { method, max });
                 }
-                snap::raw::Decoder::new()
-                    .decompress_vec(data)
-                    .map_err(|e| DecodeError::Decompress {
+                snap::raw::Decoder::new().decompress_vec(data).map_err(|e| {
+                    DecodeError::Decompress {
                         method,
                         reason: e.to_string(),
-                    })
+                    }
+                })
             }
             Compression::Zlib => bounded(flate2::read::ZlibDecoder::new(data), max, method, err),
             Compression::Gzip => bounded(flate2::read::GzDecoder::new(data), max, method, err),

@@ -105,7 +105,9 @@ impl Packed {
             return Ok(Packed { body });
         }
         let mut tried = vec!["none"];
-        let others = Compression::ALL.into_iter().filter(|m| !methods.contains(m));
+        let others = Compression::ALL
+            .into_iter()
+            .filter(|m| !methods.contains(m));
         let mut last_err = None;
         for m in methods.iter().copied().chain(others) {
             tried.push(m.name());
@@ -165,7 +167,10 @@ impl WireMessage {
             .as_u64()
             .and_then(|m| u8::try_from(m).ok())
             .ok_or_else(|| {
-                DecodeError::Malformed(format!("message type is {}, not a small int", msg_type.kind()))
+                DecodeError::Malformed(format!(
+                    "message type is {}, not a small int",
+                    msg_type.kind()
+                ))
             })?;
         let sender = match d.value(1)? {
             Value::Bin(b) => b,

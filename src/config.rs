@@ -1,0 +1,184 @@
+//! Node configuration.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::wire::{ids, Compression, Limits};
+
+/// The transport, whose name is hashed into the protocol id (so nodes on
+/// different transports never share a subnet).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Transport {
+    /// Plain TCP (`Plaintext`).
+    #[default]
+    Plaintext,
+}
+
+impl Transport {
+    /// The name hashed into the protocol id.
+    pub fn encryption_name(self) -> &'static str {
+        match self {
+            Transport::Plaintext => "Plaintext",
+        }
+    }
+}
+
+/// Configuration of a [`MeshSocket`](crate::MeshSocket).
+///
+/// ```
+/// let cfg = rs2p::MeshConfig::new("127.0.0.1:0".parse().unwrap()).with_subnet("mesh");
+/// assert_eq!(cfg.protocol_id(), "EpAmyZWv9rZUKmjQgU3FTUD4GrJHvVEXizmghVBc8eGD");
+/// assert_eq!(cfg.max_outgoing, 4);
+/// ```
+#[derive(Clone, Debug)]
+pub struct MeshConfig {
+    /// Address to listen on; port 0 picks a free port.
+    pub bind: SocketAddr,
+    /// Address advertised to peers (default: the bound address).
+    pub out_addr: Option<SocketAddr>,
+    /// The subnet name (default `mesh`).
+    pub subnet: String,
+    /// The transport.
+    pub transport: Transport,
+    /// Outgoing connections opened from peers lists (default 4).
+    pub max_outgoing: usize,
+    /// Compression methods, in order of preference.
+    pub compression: Vec<Compression>,
+    /// Decoding limits.
+    pub limits: Limits,
+    /// Frames queued for one peer before it is dropped as too slow.
+    pub send_queue: usize,
+    /// Most connections open at once (handshaken or not).
+    pub max_connections: usize,
+    /// Time a new connection has to send its handshake.
+    pub handshake_timeout: Duration,
+    /// Time a peer may leave a frame incomplete (the references' 60 s).
+    pub incomplete_frame_timeout: Duration,
+    /// Received user messages kept until `recv`; the oldest are dropped past
+    /// this.
+    pub recv_queue: usize,
+    /// Broadcast ids remembered for duplicate suppression.
+    pub seen_capacity: usize,
+    /// Re-dial peers we lost, with exponential backoff.
+    pub reconnect: bool,
+    /// Node id to use instead of a fresh random one.
+    pub id: Option<String>,
+}
+
+impl MeshConfig {
+    /// Defaults for a node listening on `bind`.
+    pub fn new(bind: SocketAddr) -> MeshConfig {
+        MeshConfig {
+            bind,
+            out_addr: None,
+            subnet: "mesh".into(),
+            transport: Transport::Plaintext,
+            max_outgoing: 4,
+            compression: Compression::ALL.to_vec(),
+            limits: Limits::default(),
+            send_queue: 4096,
+            max_connections: 1024,
+            handshake_timeout: Duration::from_secs(30),
+            incomplete_frame_timeout: Duration::from_secs(60),
+            recv_queue: 65_536,
+            seen_capacity: 1 << 20,
+            reconnect: true,
+            id: None,
+        }
+    }
+
+    /// Sets the subnet.
+    pub fn with_subnet(mut self, subnet: impl Into<String>) -> Self {
+        self.subnet = subnet.into();
+        self
+    }
+
+    /// Sets the advertised address.
+    pub fn with_out_addr(mut self, addr: SocketAddr) -> Self {
+        self.out_addr = Some(addr);
+        self
+    }
+
+    /// Sets the compression preference list (empty = never compress).
+    pub fn with_compression(mut self, methods: Vec<Compression>) -> Self {
+        self.compression = methods;
+        self
+    }
+
+    /// The protocol id this configuration hashes to.
+    pub fn protocol_id(&self) -> String {
+        ids::protocol_id(&self.subnet, self.transport.encryption_name())
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.send_queue == 0 || self.recv_queue == 0 || self.max_connections == 0 {
+            return Err(Error::Config(
+                "send_queue, recv_queue and max_connections must be at least 1".into(),
+            ));
+        }
+        if self.limits.max_frame < 64 {
+            return Err(Error::Config(format!(
+                "max_frame of {} bytes cannot hold a handshake",
+                self.limits.max_frame
+            )));
+        }
+        let mut seen = Vec::new();
+        for m in &self.compression {
+            if seen.contains(m) {
+                return Err(Error::Config(format!(
+                    "compression {} listed twice",
+                    m.name()
+                )));
+            }
+            seen.push(*m);
+        }
+        Ok(())
+    }
+}
+
+/// Configuration of a [`SyncSocket`](crate::SyncSocket).
+///
+/// ```
+/// let cfg = rs2p::SyncConfig::new("127.0.0.1:0".parse().unwrap());
+/// assert!(cfg.leasing);
+/// assert_eq!(cfg.mesh_config().subnet, "sync1");
+/// ```
+#[derive(Clone, Debug)]
+pub struct SyncConfig {
+    /// The mesh settings; its `subnet` is the base subnet (default `sync`),
+    /// to which `1` or `0` is appended for leasing on or off.
+    pub mesh: MeshConfig,
+    /// Enforce leases (default true).
+    pub leasing: bool,
+}
+
+impl SyncConfig {
+    /// Defaults for a node listening on `bind`.
+    pub fn new(bind: SocketAddr) -> SyncConfig {
+        SyncConfig {
+            mesh: MeshConfig::new(bind).with_subnet("sync"),
+            leasing: true,
+        }
+    }
+
+    /// Turns leasing on or off.
+    pub fn with_leasing(mut self, leasing: bool) -> Self {
+        self.leasing = leasing;
+        self
+    }
+
+    /// Sets the base subnet.
+    pub fn with_subnet(mut self, subnet: impl Into<String>) -> Self {
+        self.mesh.subnet = subnet.into();
+        self
+    }
+
+    /// The mesh configuration with the leasing digit folded into the subnet.
+    pub fn mesh_config(&self) -> MeshConfig {
+        let mut m = self.mesh.clone();
+        m.subnet = format!("{}{}", m.subnet, if self.leasing { 1 } else { 0 });
+        m
+    }
+}

@@ -1,0 +1,435 @@
+//! [`MeshSocket`]: a node of an unstructured p2p-today mesh.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, mpsc, oneshot, Notify};
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::StreamExt;
+
+use crate::config::MeshConfig;
+use crate::error::{Error, Result};
+use crate::net::actor::{self, Cmd, Ctx, Service};
+use crate::value::Value;
+use crate::wire::flags::{main, sub};
+use crate::wire::{ids, MessageId};
+
+/// Capacity of the command channel into the actor.
+const CMD_CAPACITY: usize = 1024;
+/// Events buffered per subscriber before it starts missing some.
+const EVENT_CAPACITY: usize = 4096;
+
+/// How a peer encodes its ids, which tells which reference it behaves like.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerKind {
+    /// Sends its protocol id as bin: py2p, or rs2p.
+    Py,
+    /// Sends its protocol id as str: js2p.
+    Js,
+    /// No handshake yet.
+    Unknown,
+}
+
+/// A handshaken peer, as the routing table holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The peer's node id.
+    pub id: String,
+    /// The address it advertised, if any.
+    pub addr: Option<(String, u16)>,
+    /// True when we dialed it.
+    pub outgoing: bool,
+    /// Which reference it behaves like.
+    pub kind: PeerKind,
+}
+
+/// Something that happened to the node.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum MeshEvent {
+    /// The first peer joined an empty routing table (the references'
+    /// `connect` event).
+    Connected,
+    /// A peer finished its handshake.
+    PeerJoined {
+        /// Its id.
+        id: String,
+        /// Its advertised address.
+        addr: Option<(String, u16)>,
+    },
+    /// A peer left the routing table.
+    PeerLeft {
+        /// Its id.
+        id: String,
+    },
+    /// A user message was queued (the references' `message` event).
+    Message(Message),
+}
+
+/// A user message received by the node.
+#[derive(Clone)]
+pub struct Message {
+    pub(crate) msg_type: u8,
+    pub(crate) sender: Vec<u8>,
+    pub(crate) time: i64,
+    pub(crate) id: MessageId,
+    pub(crate) packets: Vec<Value>,
+    pub(crate) socket: Weak<Inner>,
+}
+
+impl std::fmt::Debug for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Message")
+            .field("sender", &self.sender())
+            .field("time", &self.time)
+            .field("packets", &self.packets)
+            .finish()
+    }
+}
+
+impl Message {
+    /// The creator's id.
+    pub fn sender(&self) -> String {
+        String::from_utf8_lossy(&self.sender).into_owned()
+    }
+    /// The creation time, unix seconds.
+    pub fn time(&self) -> i64 {
+        self.time
+    }
+    /// The message id (SHA-256 of its packed bytes).
+    pub fn id(&self) -> MessageId {
+        self.id
+    }
+    /// True for a broadcast, false for a whisper.
+    pub fn is_broadcast(&self) -> bool {
+        self.msg_type == main::BROADCAST
+    }
+    /// The payload as the references expose it: packet 0 is the sub-flag
+    /// (0 for a user broadcast, 2 for a whisper), then the user's packets.
+    pub fn packets(&self) -> &[Value] {
+        &self.packets
+    }
+    /// The user's packets, without the sub-flag.
+    pub fn body(&self) -> &[Value] {
+        self.packets.get(1..).unwrap_or(&[])
+    }
+    /// Answers the sender: a whisper when it is a neighbour, else through
+    /// the request/response route mechanism.
+    pub async fn reply(&self, packets: Vec<Value>) -> Result<()> {
+        let inner = self.socket.upgrade().ok_or(Error::Closed)?;
+        let mut payload = Vec::with_capacity(packets.len() + 1);
+        payload.push(Value::from(sub::WHISPER));
+        payload.extend(packets);
+        let (reply, rx) = oneshot::channel();
+        inner
+            .cmd
+            .send(Cmd::Reply {
+                peer: self.sender.clone(),
+                payload,
+                reply,
+            })
+            .await
+            .map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) cmd: mpsc::Sender<Cmd>,
+    id: String,
+    protocol_id: String,
+    local_addr: SocketAddr,
+    out_addr: (String, u16),
+    queue: Arc<Mutex<VecDeque<Message>>>,
+    queue_notify: Arc<Notify>,
+    events: broadcast::Sender<MeshEvent>,
+    actor: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// A mesh node: a cheap, cloneable, `Send + Sync` handle to a background
+/// actor.
+///
+/// ```no_run
+/// # async fn demo() -> rs2p::Result<()> {
+/// use rs2p::{MeshConfig, MeshSocket, Value};
+/// let a = MeshSocket::bind(MeshConfig::new("127.0.0.1:0".parse().unwrap())).await?;
+/// let b = MeshSocket::bind(MeshConfig::new("127.0.0.1:0".parse().unwrap())).await?;
+/// b.connect("127.0.0.1", a.local_addr().port()).await?;
+/// b.send(vec![Value::from("hello")]).await?;
+/// let msg = a.recv().await.unwrap();
+/// assert_eq!(msg.body(), &[Value::from("hello")]);
+/// a.close().await;
+/// b.close().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct MeshSocket {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for MeshSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshSocket")
+            .field("id", &self.inner.id)
+            .field("addr", &self.inner.local_addr)
+            .finish()
+    }
+}
+
+impl MeshSocket {
+    /// Binds a node and starts its actor.
+    pub async fn bind(cfg: MeshConfig) -> Result<MeshSocket> {
+        MeshSocket::bind_with(cfg, Vec::new()).await
+    }
+
+    pub(crate) async fn bind_with(
+        cfg: MeshConfig,
+        services: Vec<Box<dyn Service>>,
+    ) -> Result<MeshSocket> {
+        cfg.validate()?;
+        let listener = TcpListener::bind(cfg.bind).await?;
+        let local_addr = listener.local_addr()?;
+        let out = match cfg.out_addr {
+            Some(a) => (a.ip().to_string(), a.port()),
+            None if local_addr.ip().is_unspecified() => {
+                ("127.0.0.1".to_string(), local_addr.port())
+            }
+            None => (local_addr.ip().to_string(), local_addr.port()),
+        };
+        let protocol_id = cfg.protocol_id();
+        let id = cfg
+            .id
+            .clone()
+            .unwrap_or_else(|| ids::node_id_py2p(&out.0, out.1, &protocol_id, &ids::random_salt()));
+        let (cmd_tx, cmd_rx) = mpsc::channel(CMD_CAPACITY);
+        let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        let queue = Arc::new(Mutex::new(VecDeque::new()));
+        let queue_notify = Arc::new(Notify::new());
+        let inner = Arc::new(Inner {
+            cmd: cmd_tx,
+            id: id.clone(),
+            protocol_id,
+            local_addr,
+            out_addr: out.clone(),
+            queue: queue.clone(),
+            queue_notify: queue_notify.clone(),
+            events: events.clone(),
+            actor: Mutex::new(None),
+        });
+        let handle = actor::start(
+            cfg,
+            listener,
+            id.into_bytes(),
+            out,
+            Arc::downgrade(&inner),
+            queue,
+            queue_notify,
+            events,
+            cmd_rx,
+            services,
+        );
+        if let Ok(mut a) = inner.actor.lock() {
+            *a = Some(handle);
+        }
+        tracing::info!(id = %inner.id, addr = %local_addr, "node listening");
+        Ok(MeshSocket { inner })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+    /// The protocol (subnet) id.
+    pub fn protocol_id(&self) -> &str {
+        &self.inner.protocol_id
+    }
+    /// The bound address (with the real port when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+    /// The address advertised to peers.
+    pub fn out_addr(&self) -> (&str, u16) {
+        (&self.inner.out_addr.0, self.inner.out_addr.1)
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .cmd
+            .send(make(tx))
+            .await
+            .map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)
+    }
+
+    /// Dials a node; returns once the TCP connection is open (the handshake
+    /// follows in the background).
+    pub async fn connect(&self, host: &str, port: u16) -> Result<()> {
+        let host = host.to_string();
+        self.call(|reply| Cmd::Connect { host, port, reply })
+            .await?
+    }
+
+    /// Broadcasts `[broadcast, packets...]` to the whole mesh; returns the
+    /// message id.
+    pub async fn send(&self, packets: Vec<Value>) -> Result<MessageId> {
+        let mut payload = Vec::with_capacity(packets.len() + 1);
+        payload.push(Value::from(sub::BROADCAST));
+        payload.extend(packets);
+        self.send_raw(main::BROADCAST, payload).await
+    }
+
+    /// Sends a message with an explicit main flag and payload (payload[0]
+    /// is the sub-flag). Broadcasts are flooded; other flags go to the
+    /// direct neighbours only.
+    pub async fn send_raw(&self, msg_type: u8, payload: Vec<Value>) -> Result<MessageId> {
+        self.call(|reply| Cmd::Send {
+            msg_type,
+            payload,
+            reply,
+        })
+        .await
+    }
+
+    /// Whispers `[whisper, packets...]` to one neighbour.
+    pub async fn whisper(&self, peer: &str, packets: Vec<Value>) -> Result<()> {
+        let mut payload = Vec::with_capacity(packets.len() + 1);
+        payload.push(Value::from(sub::WHISPER));
+        payload.extend(packets);
+        let peer = peer.as_bytes().to_vec();
+        self.call(|reply| Cmd::Whisper {
+            peer,
+            payload,
+            reply,
+        })
+        .await?
+    }
+
+    /// Waits for the next user message; `None` once the node is closed.
+    pub async fn recv(&self) -> Option<Message> {
+        loop {
+            let notified = self.inner.queue_notify.notified();
+            if let Some(m) = self.try_recv() {
+                return Some(m);
+            }
+            if self.inner.cmd.is_closed() {
+                return None;
+            }
+            notified.await;
+        }
+    }
+
+    /// The next queued user message, if any.
+    pub fn try_recv(&self) -> Option<Message> {
+        self.inner.queue.lock().ok()?.pop_front()
+    }
+
+    /// Takes every queued user message.
+    pub fn drain(&self) -> Vec<Message> {
+        self.inner
+            .queue
+            .lock()
+            .map(|mut q| q.drain(..).collect())
+            .unwrap_or_default()
+    }
+
+    /// A stream of events from now on. A subscriber that falls more than
+    /// 4096 events behind misses the oldest ones.
+    pub fn events(&self) -> EventStream {
+        EventStream {
+            inner: BroadcastStream::new(self.inner.events.subscribe()),
+        }
+    }
+
+    /// Calls `f` for every event, on a background task, until the node
+    /// closes.
+    pub fn on_event(&self, mut f: impl FnMut(MeshEvent) + Send + 'static) {
+        let mut stream = self.events();
+        tokio::spawn(async move {
+            while let Some(ev) = stream.next().await {
+                f(ev);
+            }
+        });
+    }
+
+    /// Registers a handler that sees every message not handled by the
+    /// protocol (mesh and sync) before it is queued; returning `true`
+    /// claims the message (it is not queued).
+    pub async fn register_handler(
+        &self,
+        handler: impl FnMut(&Message) -> bool + Send + 'static,
+    ) -> Result<()> {
+        self.inner
+            .cmd
+            .send(Cmd::AddHandler(Box::new(handler)))
+            .await
+            .map_err(|_| Error::Closed)
+    }
+
+    /// The routing table: every handshaken peer.
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>> {
+        self.call(|reply| Cmd::Peers { reply }).await
+    }
+
+    /// Drops the connection to a peer (it is not re-dialled); `false` when
+    /// no such peer is connected.
+    pub async fn disconnect(&self, peer: &str) -> Result<bool> {
+        let peer = peer.as_bytes().to_vec();
+        self.call(|reply| Cmd::Disconnect { peer, reply }).await
+    }
+
+    pub(crate) async fn run_in_actor<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Ctx<'_>) -> T + Send + 'static,
+    ) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        let call = Box::new(move |ctx: &mut Ctx<'_>| {
+            let _ = tx.send(f(ctx));
+        });
+        self.inner
+            .cmd
+            .send(Cmd::Call(call))
+            .await
+            .map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)
+    }
+
+    /// Stops the node: closes the listener and every connection and ends
+    /// every task it started. Idempotent.
+    pub async fn close(&self) {
+        let _ = self.inner.cmd.send(Cmd::Close).await;
+        let handle = self.inner.actor.lock().ok().and_then(|mut a| a.take());
+        if let Some(h) = handle {
+            let _ = h.await;
+        }
+    }
+
+    /// True once [`close`](Self::close) has run (or the actor ended).
+    pub fn is_closed(&self) -> bool {
+        self.inner.cmd.is_closed()
+    }
+}
+
+/// A stream of [`MeshEvent`]s.
+pub struct EventStream {
+    inner: BroadcastStream<MeshEvent>,
+}
+
+impl futures_core::Stream for EventStream {
+    type Item = MeshEvent;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<MeshEvent>> {
+        loop {
+            match Pin::new(&mut self.inner).poll_next(cx) {
+                Poll::Ready(Some(Ok(ev))) => return Poll::Ready(Some(ev)),
+                // Lagged: some events were missed; go on with the next.
+                Poll::Ready(Some(Err(_))) => continue,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}

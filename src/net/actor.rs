@@ -1,0 +1,1063 @@
+//! The mesh actor: owns the routing table, the duplicate window, the
+//! connections and the services (sync), and runs every protocol rule of
+//! PROTOCOL.md §6.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, mpsc, oneshot, Notify};
+use tokio::task::JoinSet;
+
+use crate::config::MeshConfig;
+use crate::error::{Error, Result};
+use crate::mesh::{Inner, MeshEvent, Message, PeerInfo, PeerKind};
+use crate::net::conn::{self, ConnEvent, ConnHandle, ConnId, ConnSettings, SendError};
+use crate::proto::seen::Seen;
+use crate::value::Value;
+use crate::wire::flags::{main, sub};
+use crate::wire::{ids, Compression, MessageId, Packed, WireMessage};
+
+/// Capacity of the channel from connection tasks to the actor.
+const CONN_EVENT_CAPACITY: usize = 1024;
+/// Capacity of the dial-result channel.
+const DIAL_CAPACITY: usize = 64;
+/// How long a dial may take.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Housekeeping period (handshake timeouts, re-dials).
+const TICK: Duration = Duration::from_millis(250);
+/// Longest wait between two re-dials of a lost peer.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// For how long a lost peer is re-dialled.
+const REDIAL_FOR: Duration = Duration::from_secs(3600);
+/// Pending route requests kept (reply to a non-neighbour).
+const MAX_PENDING_REQUESTS: usize = 1024;
+
+/// Current unix time in whole seconds, as both references compute it.
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// A request to the actor.
+pub(crate) enum Cmd {
+    Connect {
+        host: String,
+        port: u16,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Send {
+        msg_type: u8,
+        payload: Vec<Value>,
+        reply: oneshot::Sender<MessageId>,
+    },
+    Whisper {
+        peer: Vec<u8>,
+        payload: Vec<Value>,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Reply {
+        peer: Vec<u8>,
+        payload: Vec<Value>,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Peers {
+        reply: oneshot::Sender<Vec<PeerInfo>>,
+    },
+    Disconnect {
+        peer: Vec<u8>,
+        reply: oneshot::Sender<bool>,
+    },
+    Call(Box<dyn FnOnce(&mut Ctx<'_>) + Send>),
+    AddHandler(Handler),
+    Close,
+}
+
+/// A user handler: sees messages before they are queued; `true` claims one.
+pub(crate) type Handler = Box<dyn FnMut(&Message) -> bool + Send>;
+
+/// A protocol extension running inside the actor (the sync dictionary).
+pub(crate) trait Service: Send + 'static {
+    /// A peer finished its handshake on `conn` (first handshake only).
+    fn on_peer(&mut self, ctx: &mut Ctx<'_>, conn: ConnId);
+    /// A message arrived; `true` claims it.
+    fn on_message(&mut self, ctx: &mut Ctx<'_>, inc: &Incoming) -> bool;
+}
+
+/// A received, decoded message.
+pub(crate) struct Incoming {
+    pub conn: ConnId,
+    pub id: MessageId,
+    pub msg: WireMessage,
+}
+
+struct Conn {
+    handle: ConnHandle,
+    outgoing: bool,
+    opened: Instant,
+    /// Where we dialed, for outgoing connections.
+    dialed: Option<(String, u16)>,
+    peer_id: Option<Vec<u8>>,
+    peer_addr: Option<(Option<String>, Option<u16>)>,
+    kind: PeerKind,
+    send_method: Option<Compression>,
+    recv_methods: Vec<Compression>,
+    peer_methods: Vec<i64>,
+    last_sent: Option<Bytes>,
+    handshaken: bool,
+}
+
+struct Redial {
+    host: String,
+    port: u16,
+    id: Vec<u8>,
+    due: Instant,
+    attempts: u32,
+    since: Instant,
+}
+
+struct DialDone {
+    host: String,
+    port: u16,
+    result: std::io::Result<TcpStream>,
+    reply: Option<oneshot::Sender<Result<()>>>,
+}
+
+/// Everything the actor owns except the services, so that services can be
+/// handed a `Ctx` over it.
+pub(crate) struct Core {
+    cfg: MeshConfig,
+    id: Vec<u8>,
+    protocol_id: Vec<u8>,
+    out_host: String,
+    out_port: u16,
+    conns: HashMap<ConnId, Conn>,
+    routing: HashMap<Vec<u8>, ConnId>,
+    seen: Seen,
+    next_conn: ConnId,
+    conn_tx: mpsc::Sender<ConnEvent>,
+    dial_tx: mpsc::Sender<DialDone>,
+    dialing: HashSet<(String, u16)>,
+    dials: JoinSet<()>,
+    settings: ConnSettings,
+    inner: Weak<Inner>,
+    queue: Arc<Mutex<VecDeque<Message>>>,
+    queue_notify: Arc<Notify>,
+    events: broadcast::Sender<MeshEvent>,
+    pending_requests: HashMap<Vec<u8>, Vec<Value>>,
+    after_connect: HashMap<Vec<u8>, Vec<Vec<Value>>>,
+    redials: Vec<Redial>,
+    no_redial: HashSet<Vec<u8>>,
+}
+
+/// The view of the actor that services and `Cmd::Call` closures get.
+pub(crate) struct Ctx<'a> {
+    core: &'a mut Core,
+}
+
+impl Ctx<'_> {
+    /// Unix seconds.
+    pub(crate) fn now(&self) -> i64 {
+        unix_now()
+    }
+    /// Our id.
+    pub(crate) fn my_id(&self) -> &[u8] {
+        &self.core.id
+    }
+    /// Packs and floods a broadcast; returns its id.
+    pub(crate) fn broadcast(&mut self, payload: &[Value]) -> MessageId {
+        let now = unix_now();
+        let packed = Packed::new(main::BROADCAST, &self.core.id, now, payload);
+        self.core.seen.remember(packed.id(), now, now);
+        self.core.flood(&packed, payload, None, None);
+        packed.id()
+    }
+    /// Packs a whisper for one connection.
+    pub(crate) fn whisper(&mut self, conn: ConnId, payload: &[Value]) {
+        let now = unix_now();
+        let packed = Packed::new(main::WHISPER, &self.core.id, now, payload);
+        self.core.send_packed(conn, &packed);
+    }
+    /// Queues raw, already framed bytes on a connection (bulk transfers).
+    pub(crate) fn send_raw(&mut self, conn: ConnId, frames: Bytes) {
+        self.core.send_frame(conn, frames);
+    }
+    /// The compression in force towards `conn`.
+    pub(crate) fn send_method(&self, conn: ConnId) -> Option<Compression> {
+        self.core.conns.get(&conn).and_then(|c| c.send_method)
+    }
+    /// The kind of peer on `conn`.
+    pub(crate) fn peer_kind(&self, conn: ConnId) -> PeerKind {
+        self.core
+            .conns
+            .get(&conn)
+            .map_or(PeerKind::Unknown, |c| c.kind)
+    }
+}
+
+/// Starts the actor on a bound listener.
+pub(crate) fn start(
+    cfg: MeshConfig,
+    listener: TcpListener,
+    id: Vec<u8>,
+    out: (String, u16),
+    inner: Weak<Inner>,
+    queue: Arc<Mutex<VecDeque<Message>>>,
+    queue_notify: Arc<Notify>,
+    events: broadcast::Sender<MeshEvent>,
+    cmd_rx: mpsc::Receiver<Cmd>,
+    services: Vec<Box<dyn Service>>,
+) -> tokio::task::JoinHandle<()> {
+    let (conn_tx, conn_rx) = mpsc::channel(CONN_EVENT_CAPACITY);
+    let (dial_tx, dial_rx) = mpsc::channel(DIAL_CAPACITY);
+    let settings = ConnSettings {
+        limits: cfg.limits.clone(),
+        queue: cfg.send_queue,
+        incomplete_timeout: cfg.incomplete_frame_timeout,
+    };
+    let core = Core {
+        protocol_id: cfg.protocol_id().into_bytes(),
+        seen: Seen::new(cfg.seen_capacity),
+        cfg,
+        id,
+        out_host: out.0,
+        out_port: out.1,
+        conns: HashMap::new(),
+        routing: HashMap::new(),
+        next_conn: 1,
+        conn_tx,
+        dial_tx,
+        dialing: HashSet::new(),
+        dials: JoinSet::new(),
+        settings,
+        inner,
+        queue,
+        queue_notify,
+        events,
+        pending_requests: HashMap::new(),
+        after_connect: HashMap::new(),
+        redials: Vec::new(),
+        no_redial: HashSet::new(),
+    };
+    tokio::spawn(run(core, listener, cmd_rx, conn_rx, dial_rx, services))
+}
+
+async fn run(
+    mut core: Core,
+    listener: TcpListener,
+    mut cmd_rx: mpsc::Receiver<Cmd>,
+    mut conn_rx: mpsc::Receiver<ConnEvent>,
+    mut dial_rx: mpsc::Receiver<DialDone>,
+    mut services: Vec<Box<dyn Service>>,
+) {
+    let mut handlers: Vec<Handler> = Vec::new();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            cmd = cmd_rx.recv() => {
+                let Some(cmd) = cmd else { break };
+                match cmd {
+                    Cmd::Close => break,
+                    Cmd::AddHandler(h) => handlers.push(h),
+                    Cmd::Call(f) => f(&mut Ctx { core: &mut core }),
+                    other => core.command(other),
+                }
+            }
+            ev = conn_rx.recv() => {
+                // The actor holds a sender, so the channel never ends.
+                let Some(ev) = ev else { break };
+                match ev {
+                    ConnEvent::Frame { conn, body } => {
+                        core.frame(conn, body, &mut services, &mut handlers)
+                    }
+                    ConnEvent::Closed { conn, reason } => core.drop_conn(conn, &reason),
+                }
+            }
+            done = dial_rx.recv() => {
+                if let Some(done) = done { core.dialed(done) }
+            }
+            acc = listener.accept() => {
+                match acc {
+                    Ok((stream, addr)) => core.accepted(stream, addr),
+                    Err(e) => tracing::warn!("accept failed: {e}"),
+                }
+            }
+            _ = tick.tick() => core.housekeeping(),
+        }
+    }
+    core.dials.abort_all();
+    core.conns.clear();
+    core.routing.clear();
+    core.queue_notify.notify_waiters();
+    tracing::debug!("node closed");
+}
+
+fn bytes_text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+impl Core {
+    fn command(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Connect { host, port, reply } => self.dial(host, port, Some(reply)),
+            Cmd::Send {
+                msg_type,
+                payload,
+                reply,
+            } => {
+                let now = unix_now();
+                let packed = Packed::new(msg_type, &self.id, now, &payload);
+                self.seen.remember(packed.id(), now, now);
+                if msg_type == main::BROADCAST {
+                    self.flood(&packed, &payload, None, None);
+                } else {
+                    let conns: Vec<ConnId> = self.routing.values().copied().collect();
+                    for conn in conns {
+                        self.send_packed(conn, &packed);
+                    }
+                }
+                let _ = reply.send(packed.id());
+            }
+            Cmd::Whisper {
+                peer,
+                payload,
+                reply,
+            } => {
+                let res = match self.routing.get(&peer).copied() {
+                    Some(conn) => {
+                        let packed = Packed::new(main::WHISPER, &self.id, unix_now(), &payload);
+                        self.send_packed(conn, &packed);
+                        Ok(())
+                    }
+                    None => Err(Error::UnknownPeer(bytes_text(&peer))),
+                };
+                let _ = reply.send(res);
+            }
+            Cmd::Reply {
+                peer,
+                payload,
+                reply,
+            } => {
+                if let Some(conn) = self.routing.get(&peer).copied() {
+                    let packed = Packed::new(main::WHISPER, &self.id, unix_now(), &payload);
+                    self.send_packed(conn, &packed);
+                } else {
+                    self.request_route(peer, payload);
+                }
+                let _ = reply.send(Ok(()));
+            }
+            Cmd::Peers { reply } => {
+                let _ = reply.send(self.peer_infos());
+            }
+            Cmd::Disconnect { peer, reply } => {
+                let found = match self.routing.get(&peer).copied() {
+                    Some(conn) => {
+                        self.no_redial.insert(peer);
+                        self.drop_conn(conn, "disconnected by the user");
+                        true
+                    }
+                    None => false,
+                };
+                let _ = reply.send(found);
+            }
+            Cmd::Close | Cmd::Call(_) | Cmd::AddHandler(_) => {}
+        }
+    }
+
+    fn peer_infos(&self) -> Vec<PeerInfo> {
+        let mut v: Vec<PeerInfo> = self
+            .routing
+            .iter()
+            .filter_map(|(id, conn)| {
+                let c = self.conns.get(conn)?;
+                let addr = match &c.peer_addr {
+                    Some((Some(h), Some(p))) => Some((h.clone(), *p)),
+                    _ => None,
+                };
+                Some(PeerInfo {
+                    id: bytes_text(id),
+                    addr,
+                    outgoing: c.outgoing,
+                    kind: c.kind,
+                })
+            })
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    fn outgoing_count(&self) -> usize {
+        self.conns.values().filter(|c| c.outgoing).count() + self.dialing.len()
+    }
+
+    fn is_self_addr(&self, host: &str, port: u16) -> bool {
+        port == self.out_port
+            && (host == self.out_host || host_is_local(host) && host_is_local(&self.out_host))
+            || (port == self.cfg.bind.port()
+                && (host_is_local(host) || host == self.cfg.bind.ip().to_string()))
+    }
+
+    fn knows_addr(&self, host: &str, port: u16) -> bool {
+        self.dialing.contains(&(host.to_string(), port))
+            || self.conns.values().any(|c| {
+                c.dialed
+                    .as_ref()
+                    .is_some_and(|(h, p)| h == host && *p == port)
+                    || matches!(&c.peer_addr, Some((Some(h), Some(p))) if h == host && *p == port)
+            })
+    }
+
+    fn dial(&mut self, host: String, port: u16, reply: Option<oneshot::Sender<Result<()>>>) {
+        if self.conns.len() + self.dialing.len() >= self.cfg.max_connections {
+            if let Some(r) = reply {
+                let _ = r.send(Err(Error::Config("connection limit reached".into())));
+            }
+            return;
+        }
+        self.dialing.insert((host.clone(), port));
+        let tx = self.dial_tx.clone();
+        self.dials.spawn(async move {
+            let result =
+                match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect((host.as_str(), port)))
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "connect timed out",
+                    )),
+                };
+            let _ = tx
+                .send(DialDone {
+                    host,
+                    port,
+                    result,
+                    reply,
+                })
+                .await;
+        });
+        // Reap finished dial tasks so the set stays small.
+        while self.dials.try_join_next().is_some() {}
+    }
+
+    fn dialed(&mut self, done: DialDone) {
+        self.dialing.remove(&(done.host.clone(), done.port));
+        match done.result {
+            Ok(stream) => {
+                let addr = stream
+                    .peer_addr()
+                    .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], done.port)));
+                self.register(stream, addr, true, Some((done.host, done.port)));
+                if let Some(r) = done.reply {
+                    let _ = r.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                tracing::debug!("dial {}:{} failed: {e}", done.host, done.port);
+                if let Some(r) = done.reply {
+                    let _ = r.send(Err(Error::Io(e)));
+                }
+            }
+        }
+    }
+
+    fn accepted(&mut self, stream: TcpStream, addr: SocketAddr) {
+        if self.conns.len() >= self.cfg.max_connections {
+            tracing::warn!(%addr, "connection limit of {} reached: refused", self.cfg.max_connections);
+            return;
+        }
+        self.register(stream, addr, false, None);
+    }
+
+    fn register(
+        &mut self,
+        stream: TcpStream,
+        addr: SocketAddr,
+        outgoing: bool,
+        dialed: Option<(String, u16)>,
+    ) {
+        let id = self.next_conn;
+        self.next_conn += 1;
+        let handle = conn::spawn(stream, id, addr, self.conn_tx.clone(), &self.settings);
+        self.conns.insert(
+            id,
+            Conn {
+                handle,
+                outgoing,
+                opened: Instant::now(),
+                dialed,
+                peer_id: None,
+                peer_addr: None,
+                kind: PeerKind::Unknown,
+                send_method: None,
+                recv_methods: Vec::new(),
+                peer_methods: Vec::new(),
+                last_sent: None,
+                handshaken: false,
+            },
+        );
+        // Exactly one handshake, first and uncompressed.
+        let methods: Vec<Value> = self
+            .cfg
+            .compression
+            .iter()
+            .map(|m| Value::from(m.flag()))
+            .collect();
+        let payload = [
+            Value::from(sub::HANDSHAKE),
+            Value::Bin(self.id.clone()),
+            Value::Bin(self.protocol_id.clone()),
+            Value::Array(vec![
+                Value::from(self.out_host.as_str()),
+                Value::from(self.out_port),
+            ]),
+            Value::Array(methods),
+        ];
+        let packed = Packed::new(main::WHISPER, &self.id, unix_now(), &payload);
+        self.send_frame(id, packed.to_frame(None));
+    }
+
+    /// Queues a frame; a peer whose queue is full is dropped.
+    fn send_frame(&mut self, conn: ConnId, frame: Bytes) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        match c.handle.send(frame.clone()) {
+            Ok(()) => c.last_sent = Some(frame),
+            Err(SendError::Full) => self.drop_conn(conn, "peer too slow: send queue full"),
+            Err(SendError::Closed) => {}
+        }
+    }
+
+    fn send_packed(&mut self, conn: ConnId, packed: &Packed) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let frame = packed.to_frame(c.send_method);
+        self.send_frame(conn, frame);
+    }
+
+    /// Sends a broadcast's original bytes to every peer but its creator and
+    /// the connection it came from; each compression is applied once.
+    ///
+    /// A sync delete (a store of nil) is not sent to js2p-like peers: js2p
+    /// cannot delete and drops the link that delivers one (PROTOCOL.md J2).
+    fn flood(
+        &mut self,
+        packed: &Packed,
+        payload: &[Value],
+        from_conn: Option<ConnId>,
+        creator: Option<&[u8]>,
+    ) {
+        let skip_js = is_delete(payload);
+        let mut frames: Vec<(Option<Compression>, Bytes)> = Vec::new();
+        let targets: Vec<ConnId> = self
+            .routing
+            .iter()
+            .filter(|(id, conn)| Some(**conn) != from_conn && creator != Some(id.as_slice()))
+            .filter(|(_, conn)| {
+                !skip_js || self.conns.get(conn).is_some_and(|c| c.kind != PeerKind::Js)
+            })
+            .map(|(_, conn)| *conn)
+            .collect();
+        for conn in targets {
+            let Some(method) = self.conns.get(&conn).map(|c| c.send_method) else {
+                continue;
+            };
+            let frame = match frames.iter().find(|(m, _)| *m == method) {
+                Some((_, f)) => f.clone(),
+                None => {
+                    let f = packed.to_frame(method);
+                    frames.push((method, f.clone()));
+                    f
+                }
+            };
+            self.send_frame(conn, frame);
+        }
+    }
+
+    fn peers_payload(&self, for_kind: PeerKind) -> Vec<Value> {
+        let mut list = Vec::new();
+        for (id, conn) in &self.routing {
+            let Some(c) = self.conns.get(conn) else {
+                continue;
+            };
+            // Never advertise js2p-like peers to py2p-like ones (§10.2 item 1).
+            if for_kind != PeerKind::Js && c.kind == PeerKind::Js {
+                continue;
+            }
+            if let Some((Some(h), Some(p))) = &c.peer_addr {
+                list.push(Value::Array(vec![
+                    Value::Array(vec![Value::from(h.as_str()), Value::from(*p)]),
+                    Value::Bin(id.clone()),
+                ]));
+            }
+        }
+        vec![Value::from(sub::PEERS), Value::Array(list)]
+    }
+
+    fn frame(
+        &mut self,
+        conn: ConnId,
+        body: Bytes,
+        services: &mut [Box<dyn Service>],
+        handlers: &mut [Handler],
+    ) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let packed = match Packed::from_body(body, &c.recv_methods, &self.cfg.limits) {
+            Ok(p) => p,
+            Err(e) => return self.drop_conn(conn, &format!("bad frame: {e}")),
+        };
+        let msg = match packed.parse(&self.cfg.limits) {
+            Ok(m) => m,
+            Err(e) => return self.drop_conn(conn, &format!("bad message: {e}")),
+        };
+        let now = unix_now();
+        if msg.msg_type == main::RENEGOTIATE {
+            return self.renegotiate(conn, &msg);
+        }
+        if msg.msg_type == main::BROADCAST {
+            if !self.seen.insert(packed.id(), msg.time, now) {
+                return;
+            }
+            self.flood(&packed, &msg.payload, Some(conn), Some(&msg.sender));
+        }
+        let inc = Incoming {
+            conn,
+            id: packed.id(),
+            msg,
+        };
+        let claimed = match inc.msg.sub_flag() {
+            Some(sub::HANDSHAKE) if inc.msg.payload.len() == 5 => {
+                self.handshake(conn, &inc.msg, services);
+                true
+            }
+            Some(sub::PEERS) => {
+                self.peers(&inc.msg);
+                true
+            }
+            Some(sub::RESPONSE) => self.response(&inc.msg),
+            Some(sub::REQUEST) => self.request(conn, &inc.msg),
+            _ => false,
+        };
+        if claimed {
+            return;
+        }
+        for s in services.iter_mut() {
+            if s.on_message(&mut Ctx { core: self }, &inc) {
+                return;
+            }
+        }
+        let is_user = matches!(inc.msg.sub_flag(), Some(sub::BROADCAST | sub::WHISPER));
+        if !is_user && handlers.is_empty() {
+            return;
+        }
+        let message = Message {
+            msg_type: inc.msg.msg_type,
+            sender: inc.msg.sender,
+            time: inc.msg.time,
+            id: inc.id,
+            packets: inc.msg.payload,
+            socket: self.inner.clone(),
+        };
+        for h in handlers.iter_mut() {
+            if h(&message) {
+                return;
+            }
+        }
+        if is_user {
+            if let Ok(mut q) = self.queue.lock() {
+                if q.len() >= self.cfg.recv_queue {
+                    q.pop_front();
+                }
+                q.push_back(message.clone());
+            }
+            self.queue_notify.notify_waiters();
+            self.queue_notify.notify_one();
+            let _ = self.events.send(MeshEvent::Message(message));
+        }
+    }
+
+    fn handshake(&mut self, conn: ConnId, msg: &WireMessage, services: &mut [Box<dyn Service>]) {
+        let p = &msg.payload;
+        let (Some(peer_id), Some(proto)) = (p[1].as_bytes(), p[2].as_bytes()) else {
+            return self.drop_conn(conn, "handshake without id or protocol id");
+        };
+        if proto != self.protocol_id.as_slice() {
+            tracing::warn!(
+                conn,
+                theirs = %bytes_text(proto),
+                ours = %bytes_text(&self.protocol_id),
+                "peer on another subnet/protocol: connection refused"
+            );
+            return self.drop_conn(conn, "peer on another subnet");
+        }
+        if peer_id == self.id.as_slice() {
+            return self.drop_conn(conn, "connected to ourselves");
+        }
+        let peer_id = peer_id.to_vec();
+        let kind = if p[2].is_str() {
+            PeerKind::Js
+        } else {
+            PeerKind::Py
+        };
+        let peer_addr = p[3].as_array().map(|a| {
+            (
+                a.first().and_then(Value::as_str).map(str::to_owned),
+                a.get(1)
+                    .and_then(Value::as_u64)
+                    .and_then(|n| u16::try_from(n).ok()),
+            )
+        });
+        let peer_methods: Vec<i64> = p[4]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_i64).collect())
+            .unwrap_or_default();
+
+        // Both ends dialed each other: keep the connection dialed by the
+        // node with the larger id, as py2p does, so both ends agree.
+        if let Some(&other) = self.routing.get(&peer_id) {
+            if other != conn && self.conns.contains_key(&other) {
+                let keep_outgoing =
+                    ids::cmp_ids_numeric(&self.id, &peer_id) == std::cmp::Ordering::Greater;
+                let this_outgoing = self.conns.get(&conn).is_some_and(|c| c.outgoing);
+                let other_outgoing = self.conns.get(&other).is_some_and(|c| c.outgoing);
+                if this_outgoing == other_outgoing || this_outgoing != keep_outgoing {
+                    return self.drop_conn(conn, "duplicate connection to the same peer");
+                }
+                self.routing.remove(&peer_id);
+                self.drop_conn_quiet(other);
+            }
+        }
+
+        let first = {
+            let Some(c) = self.conns.get_mut(&conn) else {
+                return;
+            };
+            let first = !c.handshaken;
+            c.handshaken = true;
+            c.peer_id = Some(peer_id.clone());
+            c.peer_addr = peer_addr;
+            c.kind = kind;
+            c.send_method = self
+                .cfg
+                .compression
+                .iter()
+                .copied()
+                .find(|m| peer_methods.contains(&i64::from(m.flag())));
+            c.recv_methods = peer_methods
+                .iter()
+                .filter_map(|f| Compression::from_flag(*f))
+                .filter(|m| self.cfg.compression.contains(m))
+                .collect();
+            c.peer_methods = peer_methods;
+            first
+        };
+        if !first {
+            return;
+        }
+        let was_empty = self.routing.is_empty();
+        self.routing.insert(peer_id.clone(), conn);
+        self.no_redial.remove(&peer_id);
+        self.redials.retain(|r| r.id != peer_id);
+        let id_text = bytes_text(&peer_id);
+        tracing::info!(conn, peer = %id_text, ?kind, "peer joined");
+        if was_empty {
+            let _ = self.events.send(MeshEvent::Connected);
+        }
+        let addr = match self.conns.get(&conn).and_then(|c| c.peer_addr.clone()) {
+            Some((Some(h), Some(p))) => Some((h, p)),
+            _ => None,
+        };
+        let _ = self
+            .events
+            .send(MeshEvent::PeerJoined { id: id_text, addr });
+        let peers = self.peers_payload(kind);
+        let packed = Packed::new(main::WHISPER, &self.id, unix_now(), &peers);
+        self.send_packed(conn, &packed);
+        for s in services.iter_mut() {
+            s.on_peer(&mut Ctx { core: self }, conn);
+        }
+        if let Some(waiting) = self.after_connect.remove(&peer_id) {
+            for payload in waiting {
+                let packed = Packed::new(main::WHISPER, &self.id, unix_now(), &payload);
+                self.send_packed(conn, &packed);
+            }
+        }
+    }
+
+    fn peers(&mut self, msg: &WireMessage) {
+        let Some(list) = msg.payload.get(1).and_then(Value::as_array) else {
+            return;
+        };
+        for entry in list {
+            if self.outgoing_count() >= self.cfg.max_outgoing {
+                break;
+            }
+            let Some(e) = entry.as_array() else { continue };
+            let (Some(addr), Some(id)) = (
+                e.first().and_then(Value::as_array),
+                e.get(1).and_then(Value::as_bytes),
+            ) else {
+                continue;
+            };
+            let (Some(host), Some(port)) = (
+                addr.first().and_then(Value::as_str),
+                addr.get(1)
+                    .and_then(Value::as_u64)
+                    .and_then(|p| u16::try_from(p).ok()),
+            ) else {
+                continue;
+            };
+            if id == self.id.as_slice()
+                || self.routing.contains_key(id)
+                || self.is_self_addr(host, port)
+                || self.knows_addr(host, port)
+            {
+                continue;
+            }
+            self.dial(host.to_string(), port, None);
+        }
+    }
+
+    fn request(&mut self, conn: ConnId, msg: &WireMessage) -> bool {
+        let p = &msg.payload;
+        if p.len() == 2 && p[1].as_bytes() == Some(b"*") {
+            let kind = self.conns.get(&conn).map_or(PeerKind::Unknown, |c| c.kind);
+            let peers = self.peers_payload(kind);
+            let packed = Packed::new(main::WHISPER, &self.id, unix_now(), &peers);
+            self.send_packed(conn, &packed);
+            return true;
+        }
+        if p.len() == 3 {
+            if let (Some(req_id), Some(wanted)) = (p[1].as_bytes(), p[2].as_bytes()) {
+                if let Some(target) = self.routing.get(wanted).and_then(|c| self.conns.get(c)) {
+                    if let Some((Some(h), Some(port))) = &target.peer_addr {
+                        let payload = [
+                            Value::from(sub::RESPONSE),
+                            Value::Bin(req_id.to_vec()),
+                            Value::Array(vec![
+                                Value::Array(vec![Value::from(h.as_str()), Value::from(*port)]),
+                                Value::Bin(wanted.to_vec()),
+                            ]),
+                        ];
+                        let now = unix_now();
+                        let packed = Packed::new(main::BROADCAST, &self.id, now, &payload);
+                        self.seen.remember(packed.id(), now, now);
+                        self.send_packed(conn, &packed);
+                    }
+                }
+            }
+            return true;
+        }
+        false
+    }
+
+    fn request_route(&mut self, peer: Vec<u8>, payload: Vec<Value>) {
+        let now = unix_now();
+        let mut seed = self.id.clone();
+        seed.extend_from_slice(ids::to_base58(&now.to_be_bytes()).as_bytes());
+        seed.extend_from_slice(&rand::random::<[u8; 8]>());
+        let req_id = ids::to_base58(&<sha2::Sha384 as sha2::Digest>::digest(&seed));
+        if self.pending_requests.len() >= MAX_PENDING_REQUESTS {
+            self.pending_requests.clear();
+        }
+        self.pending_requests
+            .insert(req_id.clone().into_bytes(), payload);
+        let payload = [
+            Value::from(sub::REQUEST),
+            Value::from(req_id),
+            Value::Bin(peer),
+        ];
+        let packed = Packed::new(main::BROADCAST, &self.id, now, &payload);
+        self.seen.remember(packed.id(), now, now);
+        self.flood(&packed, &payload, None, None);
+    }
+
+    fn response(&mut self, msg: &WireMessage) -> bool {
+        let p = &msg.payload;
+        let Some(req_id) = p.get(1).and_then(Value::as_bytes) else {
+            return false;
+        };
+        let Some(payload) = self.pending_requests.remove(req_id) else {
+            return true;
+        };
+        let Some(info) = p.get(2).and_then(Value::as_array) else {
+            return true;
+        };
+        let addr = info.first().and_then(Value::as_array);
+        let id = info.get(1).and_then(Value::as_bytes);
+        if let (Some(addr), Some(id)) = (addr, id) {
+            if let (Some(h), Some(port)) = (
+                addr.first().and_then(Value::as_str),
+                addr.get(1)
+                    .and_then(Value::as_u64)
+                    .and_then(|x| u16::try_from(x).ok()),
+            ) {
+                if let Some(&conn) = self.routing.get(id) {
+                    let packed = Packed::new(main::WHISPER, &self.id, unix_now(), &payload);
+                    self.send_packed(conn, &packed);
+                } else {
+                    let waiting = self.after_connect.entry(id.to_vec()).or_default();
+                    if waiting.len() < 64 {
+                        waiting.push(payload);
+                    }
+                    if !self.knows_addr(h, port) {
+                        self.dial(h.to_string(), port, None);
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    fn renegotiate(&mut self, conn: ConnId, msg: &WireMessage) {
+        match msg.sub_flag() {
+            Some(sub::COMPRESSION) => {
+                let Some(list) = msg.payload.get(1).and_then(Value::as_array) else {
+                    return;
+                };
+                let given: Vec<i64> = list.iter().filter_map(Value::as_i64).collect();
+                let Some(c) = self.conns.get_mut(&conn) else {
+                    return;
+                };
+                let changed = c.peer_methods != given;
+                c.send_method = self
+                    .cfg
+                    .compression
+                    .iter()
+                    .copied()
+                    .find(|m| given.contains(&i64::from(m.flag())));
+                c.recv_methods = given
+                    .iter()
+                    .filter_map(|f| Compression::from_flag(*f))
+                    .filter(|m| self.cfg.compression.contains(m))
+                    .collect();
+                c.peer_methods = given.clone();
+                if changed && c.kind != PeerKind::Js {
+                    let ours: Vec<Value> = self
+                        .cfg
+                        .compression
+                        .iter()
+                        .filter(|m| given.contains(&i64::from(m.flag())))
+                        .map(|m| Value::from(m.flag()))
+                        .collect();
+                    let packed = Packed::new(
+                        main::RENEGOTIATE,
+                        &self.id,
+                        unix_now(),
+                        &[Value::from(sub::COMPRESSION), Value::Array(ours)],
+                    );
+                    self.send_packed(conn, &packed);
+                }
+            }
+            Some(sub::RESEND) => {
+                if let Some(frame) = self.conns.get(&conn).and_then(|c| c.last_sent.clone()) {
+                    self.send_frame(conn, frame);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Removes a connection; the peer leaves the routing table, and we ask
+    /// the others for peers and plan a re-dial.
+    pub(crate) fn drop_conn(&mut self, conn: ConnId, reason: &str) {
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
+        tracing::debug!(conn, %reason, "dropping connection");
+        let Some(peer_id) = c.peer_id else { return };
+        if self.routing.get(&peer_id) != Some(&conn) {
+            return;
+        }
+        self.routing.remove(&peer_id);
+        tracing::info!(peer = %bytes_text(&peer_id), %reason, "peer left");
+        let _ = self.events.send(MeshEvent::PeerLeft {
+            id: bytes_text(&peer_id),
+        });
+        if self.cfg.reconnect && !self.no_redial.contains(&peer_id) {
+            let target = match (c.dialed, c.peer_addr) {
+                (Some((h, p)), _) => Some((h, p)),
+                (None, Some((Some(h), Some(p)))) => Some((h, p)),
+                _ => None,
+            };
+            if let Some((host, port)) = target {
+                let now = Instant::now();
+                self.redials.retain(|r| r.id != peer_id);
+                self.redials.push(Redial {
+                    host,
+                    port,
+                    id: peer_id,
+                    due: now + Duration::from_millis(500),
+                    attempts: 0,
+                    since: now,
+                });
+            }
+        }
+        // Ask the remaining peers for theirs (as bin '*', which py2p and js2p
+        // both answer with a peers list), to refill our outgoing slots.
+        if self.outgoing_count() < self.cfg.max_outgoing {
+            let payload = [Value::from(sub::REQUEST), Value::Bin(b"*".to_vec())];
+            let packed = Packed::new(main::WHISPER, &self.id, unix_now(), &payload);
+            let conns: Vec<ConnId> = self.routing.values().copied().collect();
+            for c in conns {
+                self.send_packed(c, &packed);
+            }
+        }
+    }
+
+    fn drop_conn_quiet(&mut self, conn: ConnId) {
+        self.conns.remove(&conn);
+    }
+
+    fn housekeeping(&mut self) {
+        let now = Instant::now();
+        let timeout = self.cfg.handshake_timeout;
+        let stale: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.handshaken && now.duration_since(c.opened) > timeout)
+            .map(|(id, _)| *id)
+            .collect();
+        for conn in stale {
+            self.drop_conn(conn, "no handshake in time");
+        }
+        let mut due = Vec::new();
+        self.redials.retain_mut(|r| {
+            if now.duration_since(r.since) > REDIAL_FOR {
+                return false;
+            }
+            if r.due <= now {
+                due.push((r.host.clone(), r.port, r.id.clone()));
+                r.attempts += 1;
+                let backoff = Duration::from_millis(500) * 2u32.saturating_pow(r.attempts.min(10));
+                r.due = now + backoff.min(MAX_BACKOFF);
+            }
+            true
+        });
+        for (host, port, id) in due {
+            if self.routing.contains_key(&id) || self.knows_addr(&host, port) {
+                continue;
+            }
+            self.dial(host, port, None);
+        }
+    }
+}
+
+fn is_delete(payload: &[Value]) -> bool {
+    payload.len() == 3 && payload[0].as_u64() == Some(u64::from(sub::STORE)) && payload[2].is_nil()
+}
+
+fn host_is_local(h: &str) -> bool {
+    h == "127.0.0.1" || h == "localhost" || h == "0.0.0.0" || h == "::1"
+}

@@ -1,0 +1,170 @@
+//! One connection: a reader task that splits frames off the stream and a
+//! writer task fed by a bounded queue.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+
+use crate::wire::{next_frame, Limits};
+
+/// Identifies a connection inside one node.
+pub(crate) type ConnId = u64;
+
+/// What connection tasks report to the actor.
+pub(crate) enum ConnEvent {
+    /// A complete frame body arrived.
+    Frame { conn: ConnId, body: Bytes },
+    /// The connection ended (end of stream, error, limit).
+    Closed { conn: ConnId, reason: String },
+}
+
+/// The actor's side of a connection. Dropping it stops both tasks and
+/// closes the socket.
+pub(crate) struct ConnHandle {
+    tx: mpsc::Sender<Bytes>,
+    reader: AbortHandle,
+    writer: AbortHandle,
+}
+
+/// Why a frame could not be queued.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum SendError {
+    /// The peer is not reading fast enough: its queue is full.
+    Full,
+    /// The connection is gone.
+    Closed,
+}
+
+impl ConnHandle {
+    /// Queues a frame without waiting.
+    pub(crate) fn send(&self, frame: Bytes) -> Result<(), SendError> {
+        self.tx.try_send(frame).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SendError::Full,
+            mpsc::error::TrySendError::Closed(_) => SendError::Closed,
+        })
+    }
+}
+
+impl Drop for ConnHandle {
+    fn drop(&mut self) {
+        self.reader.abort();
+        self.writer.abort();
+    }
+}
+
+/// Settings of the connection tasks.
+#[derive(Clone)]
+pub(crate) struct ConnSettings {
+    pub limits: Limits,
+    pub queue: usize,
+    pub incomplete_timeout: Duration,
+}
+
+/// Starts the tasks of a new connection.
+pub(crate) fn spawn(
+    stream: TcpStream,
+    conn: ConnId,
+    peer: SocketAddr,
+    events: mpsc::Sender<ConnEvent>,
+    settings: &ConnSettings,
+) -> ConnHandle {
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<Bytes>(settings.queue);
+
+    let limits = settings.limits.clone();
+    let incomplete = settings.incomplete_timeout;
+    let ev = events.clone();
+    let reader = tokio::spawn(async move {
+        let reason = read_loop(&mut rd, conn, &ev, &limits, incomplete).await;
+        tracing::debug!(conn, %peer, %reason, "connection closed");
+        let _ = ev.send(ConnEvent::Closed { conn, reason }).await;
+    });
+
+    let writer = tokio::spawn(async move {
+        // Frames already waiting are written together: one syscall for a
+        // burst, and each frame stays whole and in order.
+        let mut batch = Vec::with_capacity(64 * 1024);
+        while let Some(first) = rx.recv().await {
+            let res = if rx.is_empty() {
+                wr.write_all(&first).await
+            } else {
+                batch.clear();
+                batch.extend_from_slice(&first);
+                while batch.len() < 256 * 1024 {
+                    match rx.try_recv() {
+                        Ok(more) => batch.extend_from_slice(&more),
+                        Err(_) => break,
+                    }
+                }
+                wr.write_all(&batch).await
+            };
+            if let Err(e) = res {
+                let _ = events
+                    .send(ConnEvent::Closed {
+                        conn,
+                        reason: format!("write failed: {e}"),
+                    })
+                    .await;
+                return;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+
+    ConnHandle {
+        tx,
+        reader: reader.abort_handle(),
+        writer: writer.abort_handle(),
+    }
+}
+
+async fn read_loop(
+    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    conn: ConnId,
+    events: &mpsc::Sender<ConnEvent>,
+    limits: &Limits,
+    incomplete: Duration,
+) -> String {
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    loop {
+        loop {
+            match next_frame(&mut buf, limits) {
+                Ok(Some(body)) => {
+                    if events.send(ConnEvent::Frame { conn, body }).await.is_err() {
+                        return "node closed".into();
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => return e.to_string(),
+            }
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(16 * 1024);
+        }
+        let read = if buf.is_empty() {
+            rd.read_buf(&mut buf).await
+        } else {
+            match tokio::time::timeout(incomplete, rd.read_buf(&mut buf)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return format!(
+                        "frame left incomplete for {} s ({} bytes buffered)",
+                        incomplete.as_secs(),
+                        buf.len()
+                    )
+                }
+            }
+        };
+        match read {
+            Ok(0) => return "end of stream".into(),
+            Ok(_) => {}
+            Err(e) => return format!("read failed: {e}"),
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! The tokio shell: one actor task owns all mesh state; each connection has
+//! a reader task and a writer task with a bounded queue.
+
+pub(crate) mod actor;
+pub(crate) mod conn;

@@ -1,0 +1,207 @@
+//! rs2p-only meshes over real sockets on 127.0.0.1.
+
+mod support;
+
+use std::time::Duration;
+
+use rs2p::{MeshConfig, MeshEvent, MeshSocket, Value};
+use support::*;
+use tokio_stream::StreamExt;
+
+const T: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_broadcast_exactly_once() {
+    let a = mesh_node().await;
+    let b = mesh_node().await;
+    let c = mesh_node().await;
+    b.connect("127.0.0.1", a.local_addr().port()).await.unwrap();
+    c.connect("127.0.0.1", b.local_addr().port()).await.unwrap();
+    // c learns a from b's peers list and dials it.
+    wait_until("full mesh", T, || async {
+        peer_count(&a).await == 2 && peer_count(&b).await == 2 && peer_count(&c).await == 2
+    })
+    .await;
+    let id = a
+        .send(vec![Value::from("hello"), Value::from(&b"raw"[..])])
+        .await
+        .unwrap();
+    for n in [&b, &c] {
+        let m = tokio::time::timeout(T, n.recv()).await.unwrap().unwrap();
+        assert_eq!(m.sender(), a.id());
+        assert_eq!(m.id(), id);
+        assert_eq!(
+            m.packets(),
+            &[
+                Value::from(0),
+                Value::from("hello"),
+                Value::from(&b"raw"[..])
+            ]
+        );
+    }
+    // A second broadcast arrives; the first one never came twice.
+    c.send(vec![Value::from("second")]).await.unwrap();
+    for n in [&a, &b] {
+        let m = tokio::time::timeout(T, n.recv()).await.unwrap().unwrap();
+        assert_eq!(m.body(), &[Value::from("second")]);
+    }
+    assert!(a.try_recv().is_none() && b.try_recv().is_none() && c.try_recv().is_none());
+    for n in [a, b, c] {
+        n.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whisper_reply_and_events() {
+    let a = mesh_node().await;
+    let b = mesh_node().await;
+    let mut events = a.events();
+    b.connect("127.0.0.1", a.local_addr().port()).await.unwrap();
+    wait_until("handshake", T, || async {
+        peer_count(&a).await == 1 && peer_count(&b).await == 1
+    })
+    .await;
+    let mut saw_connected = false;
+    let mut joined = None;
+    while joined.is_none() {
+        match tokio::time::timeout(T, events.next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            MeshEvent::Connected => saw_connected = true,
+            MeshEvent::PeerJoined { id, .. } => joined = Some(id),
+            _ => {}
+        }
+    }
+    assert!(saw_connected);
+    assert_eq!(joined.as_deref(), Some(b.id()));
+
+    b.whisper(a.id(), vec![Value::from("psst")]).await.unwrap();
+    let m = tokio::time::timeout(T, a.recv()).await.unwrap().unwrap();
+    assert!(!m.is_broadcast());
+    assert_eq!(m.packets(), &[Value::from(2), Value::from("psst")]);
+    m.reply(vec![Value::from("back")]).await.unwrap();
+    let r = tokio::time::timeout(T, b.recv()).await.unwrap().unwrap();
+    assert_eq!(r.body(), &[Value::from("back")]);
+    assert_eq!(r.sender(), a.id());
+
+    assert!(b.disconnect(a.id()).await.unwrap());
+    loop {
+        if let MeshEvent::PeerLeft { id } = tokio::time::timeout(T, events.next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            assert_eq!(id, b.id());
+            break;
+        }
+    }
+    a.close().await;
+    b.close().await;
+    assert!(a.is_closed());
+    assert!(a.recv().await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_claim_messages() {
+    let a = mesh_node().await;
+    let b = mesh_node().await;
+    a.register_handler(|m| m.body().first() == Some(&Value::from("claimed")))
+        .await
+        .unwrap();
+    b.connect("127.0.0.1", a.local_addr().port()).await.unwrap();
+    wait_until("handshake", T, || async { peer_count(&b).await == 1 }).await;
+    b.send(vec![Value::from("claimed")]).await.unwrap();
+    b.send(vec![Value::from("queued")]).await.unwrap();
+    let m = tokio::time::timeout(T, a.recv()).await.unwrap().unwrap();
+    assert_eq!(m.body(), &[Value::from("queued")]);
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_subnet_is_refused() {
+    let a = mesh_node().await;
+    let other = MeshSocket::bind(MeshConfig::new(local()).with_subnet("other"))
+        .await
+        .unwrap();
+    other
+        .connect("127.0.0.1", a.local_addr().port())
+        .await
+        .unwrap();
+    let b = mesh_node().await;
+    b.connect("127.0.0.1", a.local_addr().port()).await.unwrap();
+    wait_until("honest peer joins", T, || async {
+        peer_count(&a).await == 1
+    })
+    .await;
+    let peers = a.peers().await.unwrap();
+    assert_eq!(peers[0].id, b.id());
+    assert_eq!(peer_count(&other).await, 0);
+    for n in [a, b, other] {
+        n.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_node_chain_becomes_a_mesh_and_floods_once() {
+    let mut nodes = Vec::new();
+    for _ in 0..16 {
+        nodes.push(mesh_node().await);
+    }
+    for i in 1..16 {
+        nodes[i]
+            .connect("127.0.0.1", nodes[i - 1].local_addr().port())
+            .await
+            .unwrap();
+    }
+    wait_until(
+        "every node has at least 2 peers",
+        Duration::from_secs(30),
+        || async {
+            for n in &nodes {
+                if peer_count(n).await < 2 {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+    // Connected: every node reaches every other through the routing tables.
+    let mut adj = Vec::new();
+    for n in &nodes {
+        let ids: Vec<String> = n.peers().await.unwrap().into_iter().map(|p| p.id).collect();
+        adj.push(ids);
+    }
+    let index = |id: &str| nodes.iter().position(|n| n.id() == id).unwrap();
+    let mut reached = vec![false; 16];
+    let mut stack = vec![0];
+    while let Some(i) = stack.pop() {
+        if std::mem::replace(&mut reached[i], true) {
+            continue;
+        }
+        stack.extend(adj[i].iter().map(|id| index(id)));
+    }
+    assert!(reached.iter().all(|r| *r), "mesh is not connected: {adj:?}");
+
+    nodes[15].send(vec![Value::from("flood")]).await.unwrap();
+    for n in &nodes[..15] {
+        let m = tokio::time::timeout(T, n.recv()).await.unwrap().unwrap();
+        assert_eq!(m.body(), &[Value::from("flood")]);
+    }
+    // Give duplicates every chance to arrive: a second, later broadcast is
+    // the next thing every node receives.
+    nodes[0].send(vec![Value::from("marker")]).await.unwrap();
+    for n in &nodes[1..] {
+        let m = tokio::time::timeout(T, n.recv()).await.unwrap().unwrap();
+        assert_eq!(m.body(), &[Value::from("marker")], "a duplicate arrived");
+    }
+    for n in &nodes {
+        assert!(n.try_recv().is_none());
+    }
+    for n in nodes {
+        n.close().await;
+    }
+}
