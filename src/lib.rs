@@ -1,4 +1,56 @@
 #![doc = include_str!("../README.md")]
+//!
+//! # How the crate is layered
+//!
+//! - [`wire`]: pure bytes to typed values and back (msgpack [`Value`]s,
+//!   frames, compression, ids, flags); no I/O, every size bounded.
+//! - [`proto`]: protocol rules with the clock passed in: the broadcast
+//!   duplicate window ([`proto::seen`]) and the dictionary's lease and merge
+//!   rules ([`proto::sync`]).
+//! - the network shell (private): one tokio actor per node owns the routing
+//!   table, the duplicate window and every connection; each connection has a
+//!   reader task and a writer task fed by a bounded queue.
+//! - [`MeshSocket`] and [`SyncSocket`]: cheap `Clone + Send + Sync` handles.
+//!
+//! # Where rs2p differs from py2p and js2p
+//!
+//! py2p and js2p cannot talk to each other (py2p compares the protocol id as
+//! bytes, js2p sends it as text). rs2p talks to both, and can bridge a py2p
+//! mesh and a js2p mesh. To do that it:
+//!
+//! - sends its node id, protocol id, sync keys, owners and `'*'` as msgpack
+//!   **bin**, like py2p (js2p accepts that), and accepts **str or bin**
+//!   everywhere an id, key, owner, request id or `'*'` is expected;
+//! - accepts integers of any width and integral float64 (js2p writes
+//!   integers beyond 32 bits as float64);
+//! - sends exactly **one handshake** per connection, first and uncompressed,
+//!   and tolerates the two that js2p sends;
+//! - relays broadcasts with their **original bytes** (the message id is the
+//!   SHA-256 of those bytes), and does not send them back to the connection
+//!   they came from;
+//! - classifies peers by the type of the protocol id in their handshake
+//!   (bin: py2p-like, str: js2p-like, see [`PeerKind`]) and **never
+//!   advertises js2p-like peers to py2p-like peers** (a py2p node that dials
+//!   a js2p node leaves a dead routing entry and floods requests);
+//! - **never sends renegotiation** to js2p-like peers (js2p crashes on it),
+//!   answers `resend` by re-sending the last frame verbatim, and keeps
+//!   accepting compressed frames after compression was turned off;
+//! - answers the peers request `'*'` in both encodings and sends it as bin
+//!   (py2p sends str but only understands bin, which then breaks its own
+//!   links);
+//! - does **not relay deletes to js2p-like peers**: js2p cannot delete and
+//!   drops the link that delivers a nil store. A key deleted elsewhere
+//!   therefore stays on js2p nodes;
+//! - never drops a connection for a handler error: a delete of a missing
+//!   key, a delta on a non-map, a state transfer with odd types are ignored
+//!   (py2p drops the link on each);
+//! - bounds everything the references leave unbounded: frame size (16 MiB by
+//!   default, theirs 4 GiB), decompressed size, msgpack nesting and element
+//!   count, the duplicate window, per-peer send queues (a peer that stops
+//!   reading is dropped), the received-message queue, connections, and the
+//!   time a peer may take to send its handshake;
+//! - re-dials lost peers with exponential backoff (neither reference
+//!   reconnects).
 #![warn(missing_docs)]
 
 pub mod config;
@@ -16,3 +68,4 @@ pub use mesh::{EventStream, MeshEvent, MeshSocket, Message, PeerInfo, PeerKind};
 pub use proto::sync::Meta;
 pub use sync::{SyncEvent, SyncEventStream, SyncSocket};
 pub use value::{from_value, to_value, Integer, Value};
+pub use wire::Compression;

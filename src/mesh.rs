@@ -26,8 +26,10 @@ const EVENT_CAPACITY: usize = 4096;
 /// How a peer encodes its ids, which tells which reference it behaves like.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PeerKind {
-    /// Sends its protocol id as bin: py2p, or rs2p.
+    /// Sends its protocol id as bin: py2p.
     Py,
+    /// Another rs2p node (bin ids and the rs2p marker in its handshake).
+    Rs,
     /// Sends its protocol id as str: js2p.
     Js,
     /// No handshake yet.

@@ -107,8 +107,9 @@ impl Service for SyncService {
         // State transfer: one 5-packet store per key, framed in bulk.
         let method = ctx.send_method(conn);
         let now = ctx.now();
-        let mut chunk = Vec::with_capacity(TRANSFER_CHUNK);
-        let mut chunks: Vec<Bytes> = Vec::new();
+        let mut chunk: Vec<Bytes> = Vec::new();
+        let mut chunk_len = 0;
+        let mut chunks: Vec<Vec<Bytes>> = Vec::new();
         {
             let st = self.shared.lock();
             for (key, (value, meta)) in &st.map {
@@ -120,19 +121,20 @@ impl Service for SyncService {
                     Value::from(meta.timestamp),
                 ];
                 let packed = Packed::new(main::WHISPER, ctx.my_id(), now, &payload);
-                chunk.extend_from_slice(&packed.to_frame(method));
-                if chunk.len() >= TRANSFER_CHUNK {
-                    chunks.push(
-                        std::mem::replace(&mut chunk, Vec::with_capacity(TRANSFER_CHUNK)).into(),
-                    );
+                let frame = packed.to_frame(method);
+                chunk_len += frame.len();
+                chunk.push(frame);
+                if chunk_len >= TRANSFER_CHUNK {
+                    chunks.push(std::mem::take(&mut chunk));
+                    chunk_len = 0;
                 }
             }
         }
         if !chunk.is_empty() {
-            chunks.push(chunk.into());
+            chunks.push(chunk);
         }
         for c in chunks {
-            ctx.send_raw(conn, c);
+            ctx.send_frames(conn, &c);
         }
     }
 

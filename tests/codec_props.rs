@@ -7,14 +7,26 @@ use proptest::prelude::*;
 use rs2p::wire::{msgpack, next_frame, Compression, Limits, Packed, WireMessage};
 use rs2p::{Integer, Value};
 
+/// `PROPTEST_CASES` raises every case count for longer runs.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(default, |n: u32| n.max(default))
+}
+
 fn value() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
         Just(Value::Nil),
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(|n| Value::Int(Integer::from(n))),
         any::<u64>().prop_map(|n| Value::Int(Integer::from(n))),
-        any::<f32>().prop_filter("NaN never equals itself", |f| !f.is_nan()).prop_map(Value::F32),
-        any::<f64>().prop_filter("NaN never equals itself", |f| !f.is_nan()).prop_map(Value::F64),
+        any::<f32>()
+            .prop_filter("NaN never equals itself", |f| !f.is_nan())
+            .prop_map(Value::F32),
+        any::<f64>()
+            .prop_filter("NaN never equals itself", |f| !f.is_nan())
+            .prop_map(Value::F64),
         ".{0,40}".prop_map(Value::Str),
         proptest::collection::vec(any::<u8>(), 0..300).prop_map(Value::Bin),
     ];
@@ -34,7 +46,7 @@ fn compression() -> impl Strategy<Value = Option<Compression>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(2_000), ..ProptestConfig::default() })]
 
     #[test]
     fn value_round_trip(v in value()) {
@@ -91,7 +103,7 @@ fn feed(bytes: &[u8]) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 60_000, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(60_000), failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
@@ -100,7 +112,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 50_000, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(50_000), failure_persistence: None, ..ProptestConfig::default() })]
 
     /// Valid frames with a few bytes flipped, cut or inserted: the decoder
     /// reaches deep into the format before failing.
@@ -137,7 +149,11 @@ fn hostile_sizes_are_refused_with_typed_errors() {
     // A 4 GiB length prefix: refused before anything is buffered.
     let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3][..]);
     let err = next_frame(&mut buf, &limits).unwrap_err();
-    assert!(err.to_string().contains("4294967295 bytes exceeds the limit"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("4294967295 bytes exceeds the limit"),
+        "{err}"
+    );
     assert!(buf.capacity() < 1 << 20);
 
     // An array claiming 4 billion elements.
@@ -147,16 +163,25 @@ fn hostile_sizes_are_refused_with_typed_errors() {
     // Deep nesting.
     let deep = vec![0x91u8; 1000];
     let err = msgpack::decode(&deep, &limits).unwrap_err();
-    assert!(matches!(err, rs2p::DecodeError::TooDeep { max: 64 }), "{err}");
+    assert!(
+        matches!(err, rs2p::DecodeError::TooDeep { max: 64 }),
+        "{err}"
+    );
 
     // Compression bombs: 64 MiB of zeros in every format, limit 1 MiB.
     let zeros = vec![0u8; 64 << 20];
-    let small = Limits { max_decompressed: 1 << 20, ..Limits::default() };
+    let small = Limits {
+        max_decompressed: 1 << 20,
+        ..Limits::default()
+    };
     for m in Compression::ALL {
         let bomb = m.compress(&zeros);
         let err = Packed::from_body(bomb.into(), &[m], &small).unwrap_err();
         assert!(
-            matches!(err, rs2p::DecodeError::DecompressedTooLarge { max: 1_048_576, .. }),
+            matches!(
+                err,
+                rs2p::DecodeError::DecompressedTooLarge { max: 1_048_576, .. }
+            ),
             "{}: {err}",
             m.name()
         );
@@ -172,7 +197,13 @@ fn hostile_sizes_are_refused_with_typed_errors() {
     let not_array = msgpack::encode(&Value::from("hello"));
     assert!(WireMessage::parse(&not_array, &limits).is_err());
     let short = msgpack::encode(&Value::Array(vec![0.into(), "id".into()]));
-    assert!(WireMessage::parse(&short, &limits).unwrap_err().to_string().contains("2 packets"));
+    assert!(WireMessage::parse(&short, &limits)
+        .unwrap_err()
+        .to_string()
+        .contains("2 packets"));
     let bad_time = msgpack::encode(&Value::Array(vec![0.into(), "id".into(), "now".into()]));
-    assert!(WireMessage::parse(&bad_time, &limits).unwrap_err().to_string().contains("time is str"));
+    assert!(WireMessage::parse(&bad_time, &limits)
+        .unwrap_err()
+        .to_string()
+        .contains("time is str"));
 }

@@ -19,7 +19,11 @@ fn records() -> Vec<(String, Json)> {
             out.push((file.to_string(), rec));
         }
     }
-    assert!(out.len() >= 300, "expected all vector records, got {}", out.len());
+    assert!(
+        out.len() >= 300,
+        "expected all vector records, got {}",
+        out.len()
+    );
     out
 }
 
@@ -30,7 +34,10 @@ fn unhex(s: &str) -> Vec<u8> {
 /// Converts a typed record value into a Value, checking that the recorded
 /// integer width is the smallest one (so our minimal encoder matches it).
 fn typed(t: &Json) -> Value {
-    let (k, v) = t.as_object().and_then(|o| o.iter().next()).expect("typed value");
+    let (k, v) = t
+        .as_object()
+        .and_then(|o| o.iter().next())
+        .expect("typed value");
     let int = |v: &Json| -> Integer {
         if let Some(u) = v.as_u64() {
             Integer::from(u)
@@ -94,8 +101,8 @@ fn every_frame_decodes_and_reencodes() {
             m => Some(Compression::from_name(m).unwrap_or_else(|| panic!("{name}: {m}"))),
         };
         let methods: Vec<Compression> = compression.into_iter().collect();
-        let packed = Packed::from_body(body, &methods, &limits)
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let packed =
+            Packed::from_body(body, &methods, &limits).unwrap_or_else(|e| panic!("{name}: {e}"));
 
         if rec["kind"] == "message_id" {
             // Checked in `computed_ids_and_encodings`.
@@ -104,17 +111,32 @@ fn every_frame_decodes_and_reencodes() {
             let plain = unhex(rec["uncompressed_body_hex"].as_str().unwrap());
             assert_eq!(packed.body().as_ref(), &plain[..], "{name}: body");
         } else {
-            assert_eq!(hex::encode(packed.id()), rec["checksum_hex"], "{name}: checksum");
-            assert_eq!(hex::encode(packed.msgpack()), rec["msgpack_hex"], "{name}: msgpack");
+            assert_eq!(
+                hex::encode(packed.id()),
+                rec["checksum_hex"],
+                "{name}: checksum"
+            );
+            assert_eq!(
+                hex::encode(packed.msgpack()),
+                rec["msgpack_hex"],
+                "{name}: msgpack"
+            );
 
             // Decode: the recorded packets, with the recorded types.
             let decoded = msgpack::decode(packed.msgpack(), &limits)
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
             let recorded = Value::Array(
-                rec["packets"].as_array().unwrap().iter().map(typed).collect(),
+                rec["packets"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(typed)
+                    .collect(),
             );
             assert_eq!(decoded, recorded, "{name}: decoded packets");
-            let msg = packed.parse(&limits).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let msg = packed
+                .parse(&limits)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(msg.payload.len() + 3, recorded.as_array().unwrap().len());
 
             // Encode: the recorded packets give the recorded bytes.
@@ -146,7 +168,10 @@ fn every_frame_decodes_and_reencodes() {
     }
     assert!(frames >= 240, "only {frames} frames checked");
     eprintln!("{frames} frames, {exact_compressed} compressed frames byte-exact");
-    assert!(exact_compressed > 30, "only {exact_compressed} compressed frames exact");
+    assert!(
+        exact_compressed > 30,
+        "only {exact_compressed} compressed frames exact"
+    );
 }
 
 #[test]
@@ -171,10 +196,20 @@ fn computed_ids_and_encodings() {
                 let salt = i["user_salt"].as_str().unwrap();
                 let got = if name.starts_with("py2p") {
                     let a = &i["out_addr"];
-                    ids::node_id_py2p(a[0].as_str().unwrap(), a[1].as_u64().unwrap() as u16, pid, salt)
+                    ids::node_id_py2p(
+                        a[0].as_str().unwrap(),
+                        a[1].as_u64().unwrap() as u16,
+                        pid,
+                        salt,
+                    )
                 } else {
                     let a = &i["bind_addr"];
-                    ids::node_id_js2p(a[0].as_str().unwrap(), a[1].as_u64().unwrap() as u16, pid, salt)
+                    ids::node_id_js2p(
+                        a[0].as_str().unwrap(),
+                        a[1].as_u64().unwrap() as u16,
+                        pid,
+                        salt,
+                    )
                 };
                 assert_eq!(got, rec["output"].as_str().unwrap(), "{name}");
             }
@@ -210,8 +245,8 @@ fn computed_ids_and_encodings() {
                 }
             }
             "msgpack_encoding" => {
-                let v = msgpack::decode(&unhex(rec["msgpack_hex"].as_str().unwrap()), &limits)
-                    .unwrap();
+                let v =
+                    msgpack::decode(&unhex(rec["msgpack_hex"].as_str().unwrap()), &limits).unwrap();
                 let n = rec["input_js_number"].as_f64().unwrap();
                 assert_eq!(v.as_f64(), Some(n), "{name}");
                 if n.fract() == 0.0 {

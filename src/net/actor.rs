@@ -15,10 +15,11 @@ use tokio::task::JoinSet;
 use crate::config::MeshConfig;
 use crate::error::{Error, Result};
 use crate::mesh::{Inner, MeshEvent, Message, PeerInfo, PeerKind};
+use crate::net::align;
 use crate::net::conn::{self, ConnEvent, ConnHandle, ConnId, ConnSettings, SendError};
 use crate::proto::seen::Seen;
 use crate::value::Value;
-use crate::wire::flags::{main, sub};
+use crate::wire::flags::{self, main, sub};
 use crate::wire::{ids, Compression, MessageId, Packed, WireMessage};
 
 /// Capacity of the channel from connection tasks to the actor.
@@ -91,7 +92,6 @@ pub(crate) trait Service: Send + 'static {
 
 /// A received, decoded message.
 pub(crate) struct Incoming {
-    pub conn: ConnId,
     pub id: MessageId,
     pub msg: WireMessage,
 }
@@ -110,6 +110,10 @@ struct Conn {
     peer_methods: Vec<i64>,
     last_sent: Option<Bytes>,
     handshaken: bool,
+    /// Bytes queued on this connection so far (py2p framing workaround).
+    stream_pos: u64,
+    /// For re-dials: the id the node at this address must have.
+    expected_id: Option<Vec<u8>>,
 }
 
 struct Redial {
@@ -124,6 +128,7 @@ struct Redial {
 struct DialDone {
     host: String,
     port: u16,
+    expect: Option<Vec<u8>>,
     result: std::io::Result<TcpStream>,
     reply: Option<oneshot::Sender<Result<()>>>,
 }
@@ -177,26 +182,13 @@ impl Ctx<'_> {
         self.core.flood(&packed, payload, None, None);
         packed.id()
     }
-    /// Packs a whisper for one connection.
-    pub(crate) fn whisper(&mut self, conn: ConnId, payload: &[Value]) {
-        let now = unix_now();
-        let packed = Packed::new(main::WHISPER, &self.core.id, now, payload);
-        self.core.send_packed(conn, &packed);
-    }
-    /// Queues raw, already framed bytes on a connection (bulk transfers).
-    pub(crate) fn send_raw(&mut self, conn: ConnId, frames: Bytes) {
-        self.core.send_frame(conn, frames);
+    /// Queues frames on a connection as one write (bulk transfers).
+    pub(crate) fn send_frames(&mut self, conn: ConnId, frames: &[Bytes]) {
+        self.core.send_frames(conn, frames);
     }
     /// The compression in force towards `conn`.
     pub(crate) fn send_method(&self, conn: ConnId) -> Option<Compression> {
         self.core.conns.get(&conn).and_then(|c| c.send_method)
-    }
-    /// The kind of peer on `conn`.
-    pub(crate) fn peer_kind(&self, conn: ConnId) -> PeerKind {
-        self.core
-            .conns
-            .get(&conn)
-            .map_or(PeerKind::Unknown, |c| c.kind)
     }
 }
 
@@ -415,6 +407,18 @@ impl Core {
     }
 
     fn dial(&mut self, host: String, port: u16, reply: Option<oneshot::Sender<Result<()>>>) {
+        self.dial_expecting(host, port, None, reply);
+    }
+
+    /// Dials; with `expect`, only the node with that id is accepted there
+    /// (a re-dial must not join whatever node now uses a lost peer's port).
+    fn dial_expecting(
+        &mut self,
+        host: String,
+        port: u16,
+        expect: Option<Vec<u8>>,
+        reply: Option<oneshot::Sender<Result<()>>>,
+    ) {
         if self.conns.len() + self.dialing.len() >= self.cfg.max_connections {
             if let Some(r) = reply {
                 let _ = r.send(Err(Error::Config("connection limit reached".into())));
@@ -438,6 +442,7 @@ impl Core {
                 .send(DialDone {
                     host,
                     port,
+                    expect,
                     result,
                     reply,
                 })
@@ -454,7 +459,10 @@ impl Core {
                 let addr = stream
                     .peer_addr()
                     .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], done.port)));
-                self.register(stream, addr, true, Some((done.host, done.port)));
+                let conn = self.register(stream, addr, true, Some((done.host, done.port)));
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.expected_id = done.expect;
+                }
                 if let Some(r) = done.reply {
                     let _ = r.send(Ok(()));
                 }
@@ -482,7 +490,7 @@ impl Core {
         addr: SocketAddr,
         outgoing: bool,
         dialed: Option<(String, u16)>,
-    ) {
+    ) -> ConnId {
         let id = self.next_conn;
         self.next_conn += 1;
         let handle = conn::spawn(stream, id, addr, self.conn_tx.clone(), &self.settings);
@@ -501,6 +509,8 @@ impl Core {
                 peer_methods: Vec::new(),
                 last_sent: None,
                 handshaken: false,
+                stream_pos: 0,
+                expected_id: None,
             },
         );
         // Exactly one handshake, first and uncompressed.
@@ -509,6 +519,9 @@ impl Core {
             .compression
             .iter()
             .map(|m| Value::from(m.flag()))
+            .chain(std::iter::once(Value::from(
+                flags::compression::RS2P_MARKER,
+            )))
             .collect();
         let payload = [
             Value::from(sub::HANDSHAKE),
@@ -522,15 +535,45 @@ impl Core {
         ];
         let packed = Packed::new(main::WHISPER, &self.id, unix_now(), &payload);
         self.send_frame(id, packed.to_frame(None));
+        id
     }
 
     /// Queues a frame; a peer whose queue is full is dropped.
     fn send_frame(&mut self, conn: ConnId, frame: Bytes) {
+        self.send_frames(conn, std::slice::from_ref(&frame));
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.last_sent = Some(frame);
+        }
+    }
+
+    /// Queues frames as one write; a peer whose queue is full is dropped.
+    /// Towards py2p-like peers the write is laid out so that py2p's reader
+    /// cannot hit its framing bug (see [`align`]).
+    fn send_frames(&mut self, conn: ConnId, frames: &[Bytes]) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        match c.handle.send(frame.clone()) {
-            Ok(()) => c.last_sent = Some(frame),
+        let bytes = if c.kind == PeerKind::Py {
+            align::layout(
+                &mut c.stream_pos,
+                frames,
+                &self.id,
+                unix_now(),
+                c.send_method,
+            )
+        } else if frames.len() == 1 {
+            c.stream_pos += frames[0].len() as u64;
+            frames[0].clone()
+        } else {
+            let mut v = Vec::with_capacity(frames.iter().map(Bytes::len).sum());
+            for f in frames {
+                v.extend_from_slice(f);
+            }
+            c.stream_pos += v.len() as u64;
+            v.into()
+        };
+        match c.handle.send(bytes) {
+            Ok(()) => {}
             Err(SendError::Full) => self.drop_conn(conn, "peer too slow: send queue full"),
             Err(SendError::Closed) => {}
         }
@@ -590,7 +633,7 @@ impl Core {
                 continue;
             };
             // Never advertise js2p-like peers to py2p-like ones (§10.2 item 1).
-            if for_kind != PeerKind::Js && c.kind == PeerKind::Js {
+            if for_kind == PeerKind::Py && c.kind == PeerKind::Js {
                 continue;
             }
             if let Some((Some(h), Some(p))) = &c.peer_addr {
@@ -632,7 +675,6 @@ impl Core {
             self.flood(&packed, &msg.payload, Some(conn), Some(&msg.sender));
         }
         let inc = Incoming {
-            conn,
             id: packed.id(),
             msg,
         };
@@ -705,6 +747,11 @@ impl Core {
             return self.drop_conn(conn, "connected to ourselves");
         }
         let peer_id = peer_id.to_vec();
+        if let Some(want) = self.conns.get(&conn).and_then(|c| c.expected_id.as_ref()) {
+            if *want != peer_id {
+                return self.drop_conn(conn, "another node answers at a lost peer's address");
+            }
+        }
         let kind = if p[2].is_str() {
             PeerKind::Js
         } else {
@@ -1049,7 +1096,7 @@ impl Core {
             if self.routing.contains_key(&id) || self.knows_addr(&host, port) {
                 continue;
             }
-            self.dial(host, port, None);
+            self.dial_expecting(host, port, Some(id), None);
         }
     }
 }

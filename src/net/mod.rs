@@ -2,4 +2,5 @@
 //! a reader task and a writer task with a bounded queue.
 
 pub(crate) mod actor;
+pub(crate) mod align;
 pub(crate) mod conn;

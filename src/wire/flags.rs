@@ -101,6 +101,10 @@ pub mod compression {
     pub const SIMPLE: u8 = 0x1f;
     /// Raw snappy block format.
     pub const SNAPPY: u8 = 0x20;
+    /// Not a compression: rs2p appends this reserved value to the list in
+    /// its handshake so that rs2p nodes recognise each other. py2p and js2p
+    /// intersect the list with the methods they know, so they ignore it.
+    pub const RS2P_MARKER: u8 = 0x2f;
 }
 
 /// The protocol's name of a sub-flag, for logs.

@@ -1,0 +1,233 @@
+//! rs2p in meshes of real js2p 0.7.870 nodes, and rs2p bridging a py2p
+//! node and a js2p node (which cannot talk to each other directly).
+
+mod common;
+
+use common::node::*;
+use common::peers::*;
+use rs2p::{Compression, Error, MeshConfig, SyncConfig, Value};
+use serde_json::json;
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn recv_all(
+    p: &mut RefPeer,
+    what: &str,
+    until: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let mut got = Vec::new();
+    p.wait_until(what, T, |p| {
+        got.extend(p.recv());
+        until(&got)
+    });
+    got
+}
+
+#[test]
+fn rs2p_joins_a_three_node_js2p_mesh() {
+    if !require_peers() {
+        return;
+    }
+    let rt = Rt::new();
+    let mut j1 = RefPeer::spawn(Impl::Js2p, &PeerOpts::mesh());
+    let mut j2 = RefPeer::spawn(Impl::Js2p, &PeerOpts::mesh());
+    let mut j3 = RefPeer::spawn(Impl::Js2p, &PeerOpts::mesh());
+    j2.connect(j1.port(), None);
+    j3.connect(j1.port(), None);
+    wait_for("js2p star forms", T, || j1.peers().len() == 2);
+    let r = rt.mesh(MeshConfig::new(local()));
+    rt.block(r.connect("127.0.0.1", j1.port())).unwrap();
+    // js2p on one host never dials a second peer (same-host rule, J4), so
+    // rs2p dials the others from j1's peers list.
+    wait_for("rs2p linked to all three", T, || rt.peer_ids(&r).len() == 3);
+
+    j2.send(vec![json!("from j2")]);
+    let m = rt
+        .block(async { tokio::time::timeout(T, r.recv()).await })
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.sender(), j2.id());
+    assert_eq!(m.packets(), &[Value::from(0), Value::from("from j2")]);
+    for p in [&mut j1, &mut j3] {
+        recv_all(p, "j2's broadcast", |g| !g.is_empty());
+    }
+    j2.recv();
+
+    rt.block(r.send(vec![Value::from("from rs2p")])).unwrap();
+    let rid = r.id().to_string();
+    let mut got = Vec::new();
+    for p in [&mut j1, &mut j2, &mut j3] {
+        got.push(recv_all(p, "rs2p broadcast", |g| !g.is_empty()));
+    }
+    j1.send(vec![json!("marker")]);
+    let m = rt
+        .block(async { tokio::time::timeout(T, r.recv()).await })
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        m.body(),
+        &[Value::from("marker")],
+        "a duplicate arrived at rs2p"
+    );
+    for (i, p) in [&mut j2, &mut j3].into_iter().enumerate() {
+        let more = recv_all(p, "marker", |g| {
+            g.iter().any(|m| m["packets"] == json!([0, "marker"]))
+        });
+        got[i + 1].extend(more);
+    }
+    for g in &got {
+        let ours: Vec<_> = g.iter().filter(|m| m["sender"] == rid).collect();
+        assert_eq!(ours.len(), 1, "{g:?}");
+        assert_eq!(ours[0]["packets"], json!([0, "from rs2p"]));
+    }
+    assert!(r.try_recv().is_none());
+    for p in [&mut j1, &mut j2, &mut j3] {
+        assert!(p.has_peer(&rid), "{:?}", p.peers());
+        assert_eq!(p.stats().0, 0, "js2p errors: {:?}", p.stats());
+    }
+    rt.block(r.close());
+}
+
+#[test]
+fn sync_scenario_and_leases_with_js2p() {
+    if !require_peers() {
+        return;
+    }
+    let rt = Rt::new();
+    let r = rt.sync(SyncConfig::new(local()));
+    rt.block(r.set("before", "peers joined")).unwrap();
+    let mut j1 = RefPeer::spawn(Impl::Js2p, &PeerOpts::sync());
+    let mut j2 = RefPeer::spawn(Impl::Js2p, &PeerOpts::sync());
+    j1.connect(r.mesh().local_addr().port(), None);
+    j2.connect(r.mesh().local_addr().port(), None);
+    wait_for("rs2p has both", T, || rt.peer_ids(r.mesh()).len() == 2);
+    j1.ok(json!({"op":"set","key":"测试","value":"成功"}));
+    j2.ok(json!({"op":"set","key":"int","value":256}));
+    rt.block(r.set("list", (1..10).map(Value::from).collect::<Value>()))
+        .unwrap();
+    let expect = [
+        ("before", json!("peers joined")),
+        ("测试", json!("成功")),
+        ("int", json!(256)),
+        ("list", json!([1, 2, 3, 4, 5, 6, 7, 8, 9])),
+    ];
+    for p in [&mut j1, &mut j2] {
+        for (k, v) in &expect {
+            p.wait_until(&format!("{k} on js2p"), T, |p| p.get(k).as_ref() == Some(v));
+        }
+    }
+    wait_for("js2p writes on rs2p", T, || {
+        r.get("测试") == Some(Value::from("成功")) && r.get("int") == Some(Value::from(256))
+    });
+    assert_eq!(r.metadata("int").unwrap().owner, j2.id().as_bytes());
+
+    // Leases both ways (js2p constructed with leasing on).
+    let t0 = unix_now();
+    wait_for("next second", T, || unix_now() > t0);
+    let ours = rt.block(r.set("int", 1));
+    assert!(
+        matches!(ours, Err(Error::LeaseHeld { ref owner, .. }) if owner == j2.id()),
+        "{ours:?}"
+    );
+    let theirs = j1.cmd(json!({"op":"set","key":"list","value":"j1 tries"}));
+    assert_eq!(theirs["ok"], json!(false), "{theirs}");
+
+    // A delete on rs2p is not relayed to js2p (it would cost the link).
+    rt.block(r.del("list")).unwrap();
+    rt.block(r.set("after-delete", true)).unwrap();
+    for p in [&mut j1, &mut j2] {
+        p.wait_until("later write", T, |p| {
+            p.get("after-delete") == Some(json!(true))
+        });
+        assert_eq!(p.stats().0, 0, "{:?}", p.stats());
+    }
+    assert_eq!(rt.peer_ids(r.mesh()).len(), 2, "a js2p link was lost");
+    rt.block(r.close());
+}
+
+#[test]
+fn compression_with_js2p() {
+    if !require_peers() {
+        return;
+    }
+    let rt = Rt::new();
+    for (name, m) in [
+        ("zlib", Compression::Zlib),
+        ("gzip", Compression::Gzip),
+        ("snappy", Compression::Snappy),
+    ] {
+        let mut j = match RefPeer::try_spawn(Impl::Js2p, &PeerOpts::sync().compression(vec![name]))
+        {
+            Ok(j) => j,
+            Err(e) => panic!("js2p cannot use {name}: {e}"),
+        };
+        let mut cfg = SyncConfig::new(local());
+        cfg.mesh.compression = vec![m];
+        let r = rt.sync(cfg);
+        j.connect(r.mesh().local_addr().port(), None);
+        wait_for("linked", T, || rt.peer_ids(r.mesh()).len() == 1);
+        let big = "y".repeat(5000);
+        rt.block(r.set("from-rs", big.as_str())).unwrap();
+        j.ok(json!({"op":"set","key":"from-js","value":name}));
+        j.wait_until(&format!("{name}: rs2p value"), T, |p| {
+            p.get("from-rs") == Some(json!(big))
+        });
+        wait_for(&format!("{name}: js2p value"), T, || {
+            r.get("from-js") == Some(Value::from(name))
+        });
+        assert_eq!(j.stats().0, 0, "{name}: {:?}", j.stats());
+        rt.block(r.close());
+    }
+}
+
+#[test]
+fn rs2p_bridges_py2p_and_js2p() {
+    if !require_peers() {
+        return;
+    }
+    let rt = Rt::new();
+    let r = rt.sync(SyncConfig::new(local()));
+    let mut p = RefPeer::spawn(Impl::Py2p, &PeerOpts::sync());
+    let mut j = RefPeer::spawn(Impl::Js2p, &PeerOpts::sync());
+    p.connect(r.mesh().local_addr().port(), None);
+    j.connect(r.mesh().local_addr().port(), None);
+    wait_for("rs2p linked to both", T, || {
+        rt.peer_ids(r.mesh()).len() == 2
+    });
+
+    // Broadcasts both ways through rs2p.
+    p.send(vec![json!("py says hi")]);
+    let got = recv_all(&mut j, "py2p broadcast at js2p", |g| !g.is_empty());
+    assert_eq!(got[0]["packets"], json!([0, "py says hi"]));
+    assert_eq!(got[0]["sender"], p.id());
+    j.send(vec![json!("js says hi")]);
+    let got = recv_all(&mut p, "js2p broadcast at py2p", |g| !g.is_empty());
+    assert_eq!(got[0]["packets"], json!([0, "js says hi"]));
+    assert_eq!(got[0]["sender"], j.id());
+
+    // Writes both ways.
+    p.ok(json!({"op":"set","key":"py-key","value":"py value"}));
+    j.ok(json!({"op":"set","key":"js-key","value":{"nested":[1,2]}}));
+    j.wait_until("py2p write at js2p", T, |j| {
+        j.get("py-key") == Some(json!("py value"))
+    });
+    p.wait_until("js2p write at py2p", T, |p| {
+        p.get("js-key") == Some(json!({"nested":[1,2]}))
+    });
+    p.ok(json!({"op":"delta","key":"py-map","delta":{"a":1}}));
+    j.wait_until("py2p delta at js2p", T, |j| {
+        j.get("py-map") == Some(json!({"a":1}))
+    });
+    let js_meta = p.dump().into_iter().find(|i| i[0] == "js-key").unwrap();
+    assert_eq!(js_meta[2]["owner"], j.id());
+    // py2p never learned js2p's address (it would dial it and break, §10.2).
+    assert!(!p.has_peer(j.id()));
+    assert_eq!(p.stats().0, 0, "{:?}", p.stats());
+    assert_eq!(j.stats().0, 0, "{:?}", j.stats());
+    rt.block(r.close());
+}
