@@ -222,15 +222,21 @@ impl MeshSocket {
             events: events.clone(),
             actor: Mutex::new(None),
         });
-        let handle = actor::start(
-            cfg,
-            listener,
-            id.into_bytes(),
-            out,
-            Arc::downgrade(&inner),
+        let transport: Arc<dyn crate::net::transport::Transport> = match cfg.transport {
+            crate::config::Transport::Plaintext => Arc::new(crate::net::transport::Plain),
+        };
+        let shared = actor::Shared {
+            inner: Arc::downgrade(&inner),
             queue,
             queue_notify,
             events,
+        };
+        let handle = actor::start(
+            cfg,
+            (listener, transport),
+            id.into_bytes(),
+            out,
+            shared,
             cmd_rx,
             services,
         );

@@ -32,7 +32,7 @@ fn rs2p_joins_a_three_node_py2p_mesh() {
     p2.connect(p1.port(), None);
     p3.connect(p1.port(), None);
     wait_for("py2p mesh forms", T, || {
-        p1.peers().len() == 2 && p3.peers().len() >= 1
+        p1.peers().len() == 2 && !p3.peers().is_empty()
     });
 
     let r = rt.mesh(MeshConfig::new(local()));

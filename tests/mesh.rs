@@ -176,7 +176,7 @@ async fn sixteen_node_chain_becomes_a_mesh_and_floods_once() {
         adj.push(ids);
     }
     let index = |id: &str| nodes.iter().position(|n| n.id() == id).unwrap();
-    let mut reached = vec![false; 16];
+    let mut reached = [false; 16];
     let mut stack = vec![0];
     while let Some(i) = stack.pop() {
         if std::mem::replace(&mut reached[i], true) {

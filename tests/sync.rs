@@ -31,7 +31,7 @@ async fn values_replicate_and_joiners_get_everything() {
             && b.get(b"bytes-key") == Some(list.clone())
     })
     .await;
-    assert_eq!(a.get("测试".as_bytes().to_vec()), Some(Value::from("成功")));
+    assert_eq!(a.get("测试".as_bytes()), Some(Value::from("成功")));
     assert_eq!(b.get_as::<u32>("int").unwrap(), Some(256));
     assert_eq!(a.len(), 4);
     assert_eq!(a.snapshot(), b.snapshot());

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 use tokio::task::JoinSet;
 
@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::mesh::{Inner, MeshEvent, Message, PeerInfo, PeerKind};
 use crate::net::align;
 use crate::net::conn::{self, ConnEvent, ConnHandle, ConnId, ConnSettings, SendError};
+use crate::net::transport::{Io, Transport};
 use crate::proto::seen::Seen;
 use crate::value::Value;
 use crate::wire::flags::{self, main, sub};
@@ -125,11 +126,13 @@ struct Redial {
     since: Instant,
 }
 
+/// A dial, or the transport handshake of an accepted connection, ended.
 struct DialDone {
     host: String,
     port: u16,
+    outgoing: bool,
     expect: Option<Vec<u8>>,
-    result: std::io::Result<TcpStream>,
+    result: std::io::Result<Io>,
     reply: Option<oneshot::Sender<Result<()>>>,
 }
 
@@ -148,7 +151,10 @@ pub(crate) struct Core {
     conn_tx: mpsc::Sender<ConnEvent>,
     dial_tx: mpsc::Sender<DialDone>,
     dialing: HashSet<(String, u16)>,
+    /// Dials, and transport handshakes of accepted connections.
     dials: JoinSet<()>,
+    upgrading: usize,
+    transport: Arc<dyn Transport>,
     settings: ConnSettings,
     inner: Weak<Inner>,
     queue: Arc<Mutex<VecDeque<Message>>>,
@@ -192,19 +198,30 @@ impl Ctx<'_> {
     }
 }
 
+/// What the actor shares with the [`MeshSocket`](crate::MeshSocket) handle.
+pub(crate) struct Shared {
+    pub inner: Weak<Inner>,
+    pub queue: Arc<Mutex<VecDeque<Message>>>,
+    pub queue_notify: Arc<Notify>,
+    pub events: broadcast::Sender<MeshEvent>,
+}
+
 /// Starts the actor on a bound listener.
 pub(crate) fn start(
     cfg: MeshConfig,
-    listener: TcpListener,
+    (listener, transport): (TcpListener, Arc<dyn Transport>),
     id: Vec<u8>,
     out: (String, u16),
-    inner: Weak<Inner>,
-    queue: Arc<Mutex<VecDeque<Message>>>,
-    queue_notify: Arc<Notify>,
-    events: broadcast::Sender<MeshEvent>,
+    shared: Shared,
     cmd_rx: mpsc::Receiver<Cmd>,
     services: Vec<Box<dyn Service>>,
 ) -> tokio::task::JoinHandle<()> {
+    let Shared {
+        inner,
+        queue,
+        queue_notify,
+        events,
+    } = shared;
     let (conn_tx, conn_rx) = mpsc::channel(CONN_EVENT_CAPACITY);
     let (dial_tx, dial_rx) = mpsc::channel(DIAL_CAPACITY);
     let settings = ConnSettings {
@@ -226,6 +243,8 @@ pub(crate) fn start(
         dial_tx,
         dialing: HashSet::new(),
         dials: JoinSet::new(),
+        upgrading: 0,
+        transport,
         settings,
         inner,
         queue,
@@ -273,7 +292,7 @@ async fn run(
                 }
             }
             done = dial_rx.recv() => {
-                if let Some(done) = done { core.dialed(done) }
+                if let Some(done) = done { core.arrived(done) }
             }
             acc = listener.accept() => {
                 match acc {
@@ -427,21 +446,20 @@ impl Core {
         }
         self.dialing.insert((host.clone(), port));
         let tx = self.dial_tx.clone();
+        let connect = self.transport.connect(host.clone(), port);
         self.dials.spawn(async move {
-            let result =
-                match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect((host.as_str(), port)))
-                    .await
-                {
-                    Ok(r) => r,
-                    Err(_) => Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "connect timed out",
-                    )),
-                };
+            let result = match tokio::time::timeout(DIAL_TIMEOUT, connect).await {
+                Ok(r) => r,
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connect timed out",
+                )),
+            };
             let _ = tx
                 .send(DialDone {
                     host,
                     port,
+                    outgoing: true,
                     expect,
                     result,
                     reply,
@@ -452,14 +470,16 @@ impl Core {
         while self.dials.try_join_next().is_some() {}
     }
 
-    fn dialed(&mut self, done: DialDone) {
-        self.dialing.remove(&(done.host.clone(), done.port));
+    fn arrived(&mut self, done: DialDone) {
+        if done.outgoing {
+            self.dialing.remove(&(done.host.clone(), done.port));
+        } else {
+            self.upgrading = self.upgrading.saturating_sub(1);
+        }
         match done.result {
-            Ok(stream) => {
-                let addr = stream
-                    .peer_addr()
-                    .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], done.port)));
-                let conn = self.register(stream, addr, true, Some((done.host, done.port)));
+            Ok(io) => {
+                let dialed = done.outgoing.then(|| (done.host.clone(), done.port));
+                let conn = self.register(io, done.outgoing, dialed);
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.expected_id = done.expect;
                 }
@@ -468,32 +488,55 @@ impl Core {
                 }
             }
             Err(e) => {
-                tracing::debug!("dial {}:{} failed: {e}", done.host, done.port);
+                tracing::debug!(
+                    outgoing = done.outgoing,
+                    "connection to {}:{} failed: {e}",
+                    done.host,
+                    done.port
+                );
                 if let Some(r) = done.reply {
                     let _ = r.send(Err(Error::Io(e)));
                 }
             }
         }
+        while self.dials.try_join_next().is_some() {}
     }
 
-    fn accepted(&mut self, stream: TcpStream, addr: SocketAddr) {
-        if self.conns.len() >= self.cfg.max_connections {
+    fn accepted(&mut self, stream: tokio::net::TcpStream, addr: SocketAddr) {
+        if self.conns.len() + self.upgrading + self.dialing.len() >= self.cfg.max_connections {
             tracing::warn!(%addr, "connection limit of {} reached: refused", self.cfg.max_connections);
             return;
         }
-        self.register(stream, addr, false, None);
+        // The transport handshake (TLS, WebSocket) runs off the actor.
+        self.upgrading += 1;
+        let tx = self.dial_tx.clone();
+        let upgrade = self.transport.accept(stream);
+        let limit = self.cfg.handshake_timeout;
+        self.dials.spawn(async move {
+            let result = match tokio::time::timeout(limit, upgrade).await {
+                Ok(r) => r,
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "transport handshake timed out",
+                )),
+            };
+            let _ = tx
+                .send(DialDone {
+                    host: addr.ip().to_string(),
+                    port: addr.port(),
+                    outgoing: false,
+                    expect: None,
+                    result,
+                    reply: None,
+                })
+                .await;
+        });
     }
 
-    fn register(
-        &mut self,
-        stream: TcpStream,
-        addr: SocketAddr,
-        outgoing: bool,
-        dialed: Option<(String, u16)>,
-    ) -> ConnId {
+    fn register(&mut self, io: Io, outgoing: bool, dialed: Option<(String, u16)>) -> ConnId {
         let id = self.next_conn;
         self.next_conn += 1;
-        let handle = conn::spawn(stream, id, addr, self.conn_tx.clone(), &self.settings);
+        let handle = conn::spawn(io, id, self.conn_tx.clone(), &self.settings);
         self.conns.insert(
             id,
             Conn {

@@ -156,7 +156,7 @@ mod tests {
             buf.extend_from_slice(&stream[at..end]);
             at = end;
             let mut bm = bytes::BytesMut::from(&buf[..]);
-            while let Some(_) = next_frame(&mut bm, &Limits::default()).unwrap() {
+            while next_frame(&mut bm, &Limits::default()).unwrap().is_some() {
                 frames += 1;
                 if bm.len() == 4 {
                     return Err(frames);

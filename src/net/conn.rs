@@ -5,11 +5,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
+use crate::net::transport::{BoxRead, Io};
 use crate::wire::{next_frame, Limits};
 
 /// Identifies a connection inside one node.
@@ -67,14 +67,17 @@ pub(crate) struct ConnSettings {
 
 /// Starts the tasks of a new connection.
 pub(crate) fn spawn(
-    stream: TcpStream,
+    io: Io,
     conn: ConnId,
-    peer: SocketAddr,
     events: mpsc::Sender<ConnEvent>,
     settings: &ConnSettings,
 ) -> ConnHandle {
-    let _ = stream.set_nodelay(true);
-    let (mut rd, mut wr) = stream.into_split();
+    let Io {
+        read: mut rd,
+        write: mut wr,
+        peer,
+    } = io;
+    let peer: SocketAddr = peer;
     let (tx, mut rx) = mpsc::channel::<Bytes>(settings.queue);
 
     let limits = settings.limits.clone();
@@ -92,7 +95,7 @@ pub(crate) fn spawn(
         let mut batch = Vec::with_capacity(64 * 1024);
         while let Some(first) = rx.recv().await {
             let res = if rx.is_empty() {
-                wr.write_all(&first).await
+                wr.write(&first).await
             } else {
                 batch.clear();
                 batch.extend_from_slice(&first);
@@ -102,7 +105,7 @@ pub(crate) fn spawn(
                         Err(_) => break,
                     }
                 }
-                wr.write_all(&batch).await
+                wr.write(&batch).await
             };
             if let Err(e) = res {
                 let _ = events
@@ -125,7 +128,7 @@ pub(crate) fn spawn(
 }
 
 async fn read_loop(
-    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    rd: &mut BoxRead,
     conn: ConnId,
     events: &mpsc::Sender<ConnEvent>,
     limits: &Limits,

@@ -4,3 +4,4 @@
 pub(crate) mod actor;
 pub(crate) mod align;
 pub(crate) mod conn;
+pub(crate) mod transport;

@@ -1,0 +1,157 @@
+//! `rs2p node`: start a sync node, then hand it to the JSON interface, the
+//! interactive shell, or run it headless until a signal.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+use rs2p::{SyncConfig, SyncSocket};
+use tokio::runtime::Runtime;
+
+use crate::{HostPort, NodeArgs};
+
+/// A running node and what was configured for it.
+pub struct Node {
+    /// The node.
+    pub sync: SyncSocket,
+    /// The full subnet, with the leasing digit (`sync1`).
+    pub subnet: String,
+    /// The nodes to dial at startup (`--connect`).
+    connect: Vec<HostPort>,
+}
+
+impl Node {
+    /// The bound address as `HOST:PORT`.
+    pub fn addr(&self) -> String {
+        self.sync.mesh().local_addr().to_string()
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> &str {
+        self.sync.id()
+    }
+
+    /// Dials the `--connect` nodes. Each mode calls this once it listens
+    /// for events, so that no `peer_joined` is missed. On failure the node
+    /// is closed and the message says which node could not be reached.
+    pub async fn dial(&self) -> Result<(), String> {
+        for peer in &self.connect {
+            if let Err(e) = self.sync.connect(&peer.host, peer.port).await {
+                self.sync.close().await;
+                return Err(format!("cannot connect to {peer}: {e}"));
+            }
+            tracing::info!(%peer, "connected");
+        }
+        Ok(())
+    }
+}
+
+/// Binds the node described by `args` (`--connect` is for [`Node::dial`]).
+async fn start(args: &NodeArgs) -> Result<Node, String> {
+    let mut cfg = SyncConfig::new(args.listen)
+        .with_subnet(args.subnet.clone())
+        .with_leasing(!args.no_leasing);
+    cfg.mesh.transport = args.transport.to_transport();
+    cfg.mesh.out_addr = args.out_addr;
+    let subnet = cfg.mesh_config().subnet;
+    let sync = SyncSocket::bind(cfg)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    Ok(Node {
+        sync,
+        subnet,
+        connect: args.connect.clone(),
+    })
+}
+
+/// Runs `rs2p node`; the exit code says whether it started.
+pub fn run(rt: &Runtime, args: NodeArgs) -> ExitCode {
+    let node = match rt.block_on(start(&args)) {
+        Ok(node) => node,
+        Err(e) => {
+            eprintln!("rs2p: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.json {
+        rt.block_on(crate::json::run(node))
+    } else if std::io::stdin().is_terminal() {
+        crate::shell::run(rt, node)
+    } else {
+        rt.block_on(headless(node))
+    }
+}
+
+/// No terminal, no JSON: say where we listen, then wait for a signal.
+async fn headless(node: Node) -> ExitCode {
+    let mut signals = Signals::install();
+    if let Err(e) = node.dial().await {
+        eprintln!("rs2p: {e}");
+        return ExitCode::FAILURE;
+    }
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "listening on {} as {}", node.addr(), node.id());
+        let _ = out.flush();
+    }
+    signals.recv().await;
+    node.sync.close().await;
+    ExitCode::SUCCESS
+}
+
+/// The shutdown signals: Ctrl-C (SIGINT) and, on Unix, SIGTERM. The
+/// handlers are installed when this is made, so make it before telling
+/// anyone that the node is up. A handler that cannot be installed is logged
+/// and never fires.
+pub struct Signals {
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    /// Installs the handlers (needs a running tokio runtime).
+    pub fn install() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let install = |kind: SignalKind, name: &str| match signal(kind) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!("cannot listen for {name}: {e}");
+                    None
+                }
+            };
+            Signals {
+                int: install(SignalKind::interrupt(), "SIGINT"),
+                term: install(SignalKind::terminate(), "SIGTERM"),
+            }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    /// Resolves when a shutdown signal arrives.
+    pub async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn one(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                () = one(&mut self.int) => tracing::info!("SIGINT: shutting down"),
+                () = one(&mut self.term) => tracing::info!("SIGTERM: shutting down"),
+            }
+        }
+        #[cfg(not(unix))]
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!("cannot listen for Ctrl-C: {e}");
+            std::future::pending::<()>().await;
+        }
+    }
+}
