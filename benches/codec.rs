@@ -9,15 +9,22 @@ use rs2p::Value;
 
 fn payload(size: usize) -> Vec<Value> {
     // Realistic, partly compressible data: a store of a key and a value.
-    let text: String = (0..size).map(|i| char::from(b'a' + (i * 7 % 26) as u8)).collect();
-    vec![Value::from(11), Value::Bin(b"some/key".to_vec()), Value::Str(text)]
+    let text: String = (0..size)
+        .map(|i| char::from(b'a' + (i * 7 % 26) as u8))
+        .collect();
+    vec![
+        Value::from(11),
+        Value::Bin(b"some/key".to_vec()),
+        Value::Str(text),
+    ]
 }
 
 fn bench(c: &mut Criterion) {
     let id = b"4xD7wXvqR453LWpWstiAFVwB7yu1UeuAWcPdU7b5ofdMEnRc5pbHdWLKjrg15642JD";
     let limits = Limits::default();
-    let methods: Vec<Option<Compression>> =
-        std::iter::once(None).chain(Compression::ALL.into_iter().map(Some)).collect();
+    let methods: Vec<Option<Compression>> = std::iter::once(None)
+        .chain(Compression::ALL.into_iter().map(Some))
+        .collect();
     for (label, size) in [("100B", 100usize), ("1MiB", 1 << 20)] {
         let p = payload(size);
         let mut g = c.benchmark_group(format!("encode/{label}"));
@@ -46,7 +53,10 @@ fn bench(c: &mut Criterion) {
                 b.iter(|| {
                     let mut buf = bytes::BytesMut::from(&frame[..]);
                     let body = next_frame(&mut buf, &limits).unwrap().unwrap();
-                    Packed::from_body(body, &known, &limits).unwrap().parse(&limits).unwrap()
+                    Packed::from_body(body, &known, &limits)
+                        .unwrap()
+                        .parse(&limits)
+                        .unwrap()
                 })
             });
         }

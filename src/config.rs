@@ -6,6 +6,8 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::wire::{ids, Compression, Limits};
 
+pub use crate::net::tls::{CertFingerprint, TlsConfig, TlsIdentity, TlsVerify};
+
 /// The transport, whose name is hashed into the protocol id (so nodes on
 /// different transports never share a subnet).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -14,6 +16,14 @@ pub enum Transport {
     /// Plain TCP (`Plaintext`).
     #[default]
     Plaintext,
+    /// TLS (`SSL`), as py2p and js2p speak it; settings in
+    /// [`MeshConfig::tls`]. By default this only protects against passive
+    /// eavesdropping (no peer is authenticated, see [`TlsVerify`]).
+    Ssl,
+    /// WebSocket (`ws`), as js2p and browsers speak it: the node's port
+    /// accepts WebSocket upgrades and peers are dialed at `ws://host:port/`.
+    /// No encryption, no authentication. py2p has no ws transport.
+    Ws,
 }
 
 impl Transport {
@@ -21,6 +31,8 @@ impl Transport {
     pub fn encryption_name(self) -> &'static str {
         match self {
             Transport::Plaintext => "Plaintext",
+            Transport::Ssl => "SSL",
+            Transport::Ws => "ws",
         }
     }
 }
@@ -42,6 +54,8 @@ pub struct MeshConfig {
     pub subnet: String,
     /// The transport.
     pub transport: Transport,
+    /// TLS certificate and peer checking, used with [`Transport::Ssl`].
+    pub tls: TlsConfig,
     /// Outgoing connections opened from peers lists (default 4).
     pub max_outgoing: usize,
     /// Compression methods, in order of preference.
@@ -75,6 +89,7 @@ impl MeshConfig {
             out_addr: None,
             subnet: "mesh".into(),
             transport: Transport::Plaintext,
+            tls: TlsConfig::default(),
             max_outgoing: 4,
             compression: Compression::ALL.to_vec(),
             limits: Limits::default(),
@@ -92,6 +107,18 @@ impl MeshConfig {
     /// Sets the subnet.
     pub fn with_subnet(mut self, subnet: impl Into<String>) -> Self {
         self.subnet = subnet.into();
+        self
+    }
+
+    /// Sets the transport.
+    pub fn with_transport(mut self, transport: Transport) -> Self {
+        self.transport = transport;
+        self
+    }
+
+    /// Sets the TLS settings (for [`Transport::Ssl`]).
+    pub fn with_tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = tls;
         self
     }
 
@@ -172,6 +199,12 @@ impl SyncConfig {
     /// Sets the base subnet.
     pub fn with_subnet(mut self, subnet: impl Into<String>) -> Self {
         self.mesh.subnet = subnet.into();
+        self
+    }
+
+    /// Sets the transport.
+    pub fn with_transport(mut self, transport: Transport) -> Self {
+        self.mesh.transport = transport;
         self
     }
 

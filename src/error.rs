@@ -167,5 +167,28 @@ pub enum Error {
     Store(String),
 }
 
+impl Error {
+    /// A short, stable, snake_case name of the error's kind, for machine
+    /// interfaces (the `rs2p node --json` replies use it).
+    ///
+    /// ```
+    /// let e = rs2p::Error::KeyNotFound("k".into());
+    /// assert_eq!(e.kind(), "key_not_found");
+    /// ```
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Io(_) => "io",
+            Error::Config(_) => "config",
+            Error::Closed => "closed",
+            Error::UnknownPeer(_) => "unknown_peer",
+            Error::LeaseHeld { .. } => "lease_held",
+            Error::NotAMapping { .. } => "not_a_mapping",
+            Error::KeyNotFound(_) => "key_not_found",
+            Error::Value(_) => "value",
+            Error::Store(_) => "store",
+        }
+    }
+}
+
 /// Shorthand for results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -224,6 +224,8 @@ impl MeshSocket {
         });
         let transport: Arc<dyn crate::net::transport::Transport> = match cfg.transport {
             crate::config::Transport::Plaintext => Arc::new(crate::net::transport::Plain),
+            crate::config::Transport::Ssl => Arc::new(crate::net::tls::Tls::new(&cfg.tls)?),
+            crate::config::Transport::Ws => Arc::new(crate::net::ws::Ws::new(cfg.limits.max_frame)),
         };
         let shared = actor::Shared {
             inner: Arc::downgrade(&inner),
@@ -291,7 +293,7 @@ impl MeshSocket {
         self.send_raw(main::BROADCAST, payload).await
     }
 
-    /// Sends a message with an explicit main flag and payload (payload[0]
+    /// Sends a message with an explicit main flag and payload (`payload[0]`
     /// is the sub-flag). Broadcasts are flooded; other flags go to the
     /// direct neighbours only.
     pub async fn send_raw(&self, msg_type: u8, payload: Vec<Value>) -> Result<MessageId> {

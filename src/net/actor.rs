@@ -795,8 +795,14 @@ impl Core {
                 return self.drop_conn(conn, "another node answers at a lost peer's address");
             }
         }
+        let rs2p_marker = p[4].as_array().is_some_and(|a| {
+            a.iter()
+                .any(|m| m.as_u64() == Some(u64::from(flags::compression::RS2P_MARKER)))
+        });
         let kind = if p[2].is_str() {
             PeerKind::Js
+        } else if rs2p_marker {
+            PeerKind::Rs
         } else {
             PeerKind::Py
         };

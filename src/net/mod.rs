@@ -4,4 +4,6 @@
 pub(crate) mod actor;
 pub(crate) mod align;
 pub(crate) mod conn;
+pub(crate) mod tls;
 pub(crate) mod transport;
+pub(crate) mod ws;

@@ -67,6 +67,8 @@ const OUT_QUEUE: usize = 1024;
 const IN_QUEUE: usize = 64;
 /// `wait`'s default timeout.
 const DEFAULT_WAIT_MS: u64 = 10_000;
+/// Most ready events printed between a request's completion and its reply.
+const MAX_EVENTS_BEFORE_REPLY: usize = 1024;
 /// How often `wait` re-checks even without an event.
 const WAIT_POLL: Duration = Duration::from_millis(50);
 
@@ -97,18 +99,7 @@ impl From<Error> for ReqError {
 
 /// The snake_case name of an error variant.
 pub fn error_kind(e: &Error) -> &'static str {
-    match e {
-        Error::Io(_) => "io",
-        Error::Config(_) => "config",
-        Error::Closed => "closed",
-        Error::UnknownPeer(_) => "unknown_peer",
-        Error::LeaseHeld { .. } => "lease_held",
-        Error::NotAMapping { .. } => "not_a_mapping",
-        Error::KeyNotFound(_) => "key_not_found",
-        Error::Value(_) => "value",
-        Error::Store(_) => "store",
-        _ => "error",
-    }
+    e.kind()
 }
 
 type Fields = Map<String, Json>;
@@ -173,11 +164,11 @@ pub async fn run(node: Node) -> ExitCode {
         sync: node.sync.events(),
         mesh: node.sync.mesh().events(),
     };
+    let mut signals = Signals::install();
     if let Err(e) = node.dial().await {
         eprintln!("rs2p: {e}");
         return ExitCode::FAILURE;
     }
-    let mut signals = Signals::install();
     let out = Out(out_tx);
     let hello = json!({"event": "listening", "addr": node.addr(), "id": node.id()});
     let mut ok = out.send(&hello).await;
@@ -217,8 +208,12 @@ pub async fn run(node: Node) -> ExitCode {
                 _ = &mut signal => break 'requests,
             }
         };
-        // Events the request caused (a local write's update) come first.
-        while let Some(ev) = events.ready().await {
+        // Events the request caused (a local write's update) come first;
+        // bounded, so that a flood of remote events cannot hold the reply.
+        for _ in 0..MAX_EVENTS_BEFORE_REPLY {
+            let Some(ev) = events.ready().await else {
+                break;
+            };
             if !out.send(&ev).await {
                 break 'requests;
             }

@@ -42,6 +42,7 @@ enum Command {
     /// --json and with a terminal on stdin, an interactive shell (type
     /// `help`). Otherwise the node prints `listening on HOST:PORT as ID` and
     /// runs until it gets a signal.
+    #[command(after_long_help = NODE_HELP)]
     Node(NodeArgs),
     /// Start a few nodes in this process and watch them replicate.
     ///
@@ -51,6 +52,31 @@ enum Command {
     /// node holds the key's lease. Exits 1 when the views do not converge.
     Demo(DemoArgs),
 }
+
+/// The long help's appendix of `rs2p node`: the JSON interface in short.
+const NODE_HELP: &str = "\
+JSON interface (--json):
+  First line out: {\"event\":\"listening\",\"addr\":\"HOST:PORT\",\"id\":\"<node id>\"}.
+  Then one request per line in, {\"op\":OP, ...fields}, with an optional \"id\" (any JSON)
+  echoed in the reply (as \"request_id\" for the op `id`, whose \"id\" is the node id).
+  Ops and fields:
+    set {key, value}            del {key}                 update {items: {...}}
+    apply_delta {key, delta}    get {key} / pop {key}     -> found, value
+    keys -> keys                len -> len                dump -> items [[key, value, {owner, timestamp}]]
+    connect {host, port}        peers -> peers [{id, addr, outgoing}]
+    id -> id, addr, subnet, protocol_id
+    broadcast {packets: [...]}  recv -> messages [{sender, time, packets}]
+    wait {key, value?, absent?, timeout_ms? = 10000} -> elapsed_ms
+    close (EOF on stdin does the same; the process exits 0)
+  Replies: {\"ok\":true, ...} or {\"ok\":false,\"error\":{\"kind\":K,\"message\":M}} with K one of
+    bad_request, timeout, lease_held, not_a_mapping, key_not_found, closed, io, config,
+    unknown_peer, value, store.
+  Events: update {key, value, owner, timestamp}, delete {key}, peer_joined {id, addr},
+    peer_left {id}, as {\"event\":NAME, ...}.
+  Values are JSON (integers stay integers); bytes are {\"$bin\":\"<hex>\"}. Keys are strings
+  or {\"$bin\":\"<hex>\"}. Map keys that are not strings print as their text.
+
+Shell (a terminal on stdin, no --json): type `help` at the `rs2p>` prompt.";
 
 /// The transport to speak. Its name is hashed into the protocol id, so
 /// nodes on different transports never share a mesh.

@@ -66,6 +66,10 @@ pub fn run(rt: &Runtime, node: Node) -> std::process::ExitCode {
         }
     }
 
+    let mut signals = {
+        let _guard = rt.enter();
+        Signals::install()
+    };
     if let Err(e) = rt.block_on(node.dial()) {
         eprintln!("rs2p: {e}");
         return std::process::ExitCode::FAILURE;
@@ -75,10 +79,6 @@ pub fn run(rt: &Runtime, node: Node) -> std::process::ExitCode {
     // terminal back as it was, close the node, exit.
     let saved = term::save();
     let sig_node = node.sync.clone();
-    let mut signals = {
-        let _guard = rt.enter();
-        Signals::install()
-    };
     rt.spawn(async move {
         signals.recv().await;
         term::restore(&saved);

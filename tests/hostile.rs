@@ -1,0 +1,167 @@
+//! Hostile and broken peers: each is dropped on its own, the honest peers
+//! keep exchanging messages throughout.
+
+mod support;
+
+use std::time::Duration;
+
+use rs2p::wire::{flags, Compression, Packed};
+use rs2p::{MeshConfig, MeshSocket, Value};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const T: Duration = Duration::from_secs(20);
+
+async fn honest_pair(cfg: MeshConfig) -> (MeshSocket, MeshSocket) {
+    let a = MeshSocket::bind(cfg).await.unwrap();
+    let b = mesh_node().await;
+    b.connect("127.0.0.1", a.local_addr().port()).await.unwrap();
+    wait_until("honest link", T, || async {
+        peer_count(&a).await == 1 && peer_count(&b).await == 1
+    })
+    .await;
+    (a, b)
+}
+
+async fn still_talking(a: &MeshSocket, b: &MeshSocket, tag: &str) {
+    a.send(vec![Value::from(tag)]).await.unwrap();
+    let m = tokio::time::timeout(T, b.recv())
+        .await
+        .expect("honest peer still served")
+        .unwrap();
+    assert_eq!(m.body(), &[Value::from(tag)]);
+}
+
+/// A raw connection that completes the handshake as a py2p-like node.
+async fn handshaken_raw(a: &MeshSocket, methods: &[Compression]) -> TcpStream {
+    let mut s = TcpStream::connect(a.local_addr()).await.unwrap();
+    let id = b"EvilNode1111111111111111111111111111111111111111111111111111111";
+    let hs = Packed::new(
+        flags::main::WHISPER,
+        id,
+        now(),
+        &[
+            Value::from(flags::sub::HANDSHAKE),
+            Value::Bin(id.to_vec()),
+            Value::Bin(a.protocol_id().as_bytes().to_vec()),
+            Value::Array(vec!["127.0.0.1".into(), Value::from(1u16)]),
+            Value::Array(methods.iter().map(|m| Value::from(m.flag())).collect()),
+        ],
+    );
+    s.write_all(&hs.to_frame(None)).await.unwrap();
+    s
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+async fn closed_by_peer(s: &mut TcpStream) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(_)) => continue,
+            Err(_) => panic!("the hostile connection was not closed"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_oversized_frames_drop_only_the_sender() {
+    let mut cfg = MeshConfig::new(local());
+    cfg.limits.max_decompressed = 4 << 20;
+    let (a, b) = honest_pair(cfg).await;
+
+    let mut junk = TcpStream::connect(a.local_addr()).await.unwrap();
+    junk.write_all(&[0, 0, 0, 40]).await.unwrap();
+    junk.write_all(&[0x5a; 40]).await.unwrap();
+    closed_by_peer(&mut junk).await;
+    still_talking(&a, &b, "after garbage").await;
+
+    // A 4 GiB length prefix: refused at once, nothing buffered.
+    let mut huge = TcpStream::connect(a.local_addr()).await.unwrap();
+    huge.write_all(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3])
+        .await
+        .unwrap();
+    closed_by_peer(&mut huge).await;
+    still_talking(&a, &b, "after 4 GiB prefix").await;
+
+    // Compression bombs after a valid handshake: 64 MiB of zeros against a
+    // 4 MiB limit.
+    for m in [Compression::Zlib, Compression::Bz2, Compression::Lzma] {
+        let mut s = handshaken_raw(&a, &[m]).await;
+        let bomb_body = m.compress(&vec![0u8; 64 << 20]);
+        let mut frame = (bomb_body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&bomb_body);
+        s.write_all(&frame).await.unwrap();
+        closed_by_peer(&mut s).await;
+        still_talking(&a, &b, m.name()).await;
+    }
+    assert_eq!(peer_count(&a).await, 1);
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_and_silent_connections_time_out() {
+    let mut cfg = MeshConfig::new(local());
+    cfg.incomplete_frame_timeout = Duration::from_millis(500);
+    cfg.handshake_timeout = Duration::from_millis(500);
+    let (a, b) = honest_pair(cfg).await;
+    // Half a frame, then nothing.
+    let mut slow = handshaken_raw(&a, &[]).await;
+    slow.write_all(&[0, 0, 1, 0, 1, 2, 3]).await.unwrap();
+    // Connects and never says anything.
+    let mut silent = TcpStream::connect(a.local_addr()).await.unwrap();
+    still_talking(&a, &b, "during slowloris").await;
+    closed_by_peer(&mut slow).await;
+    closed_by_peer(&mut silent).await;
+    still_talking(&a, &b, "after slowloris").await;
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_reads_is_dropped() {
+    let mut cfg = MeshConfig::new(local());
+    cfg.send_queue = 16;
+    let (a, b) = honest_pair(cfg).await;
+    let mut stuck = handshaken_raw(&a, &[]).await;
+    wait_until("stuck peer handshaken", T, || async {
+        peer_count(&a).await == 2
+    })
+    .await;
+    // Send until the stuck peer's socket buffers and queue are full; the
+    // honest peer gets every message without delay meanwhile.
+    let big = Value::Bin(
+        (0..256 * 1024u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect(),
+    );
+    let mut sent = 0;
+    while peer_count(&a).await == 2 {
+        // Distinct messages: an identical one in the same second is a duplicate.
+        a.send(vec![Value::from(sent), big.clone()]).await.unwrap();
+        let Ok(Some(m)) = tokio::time::timeout(T, b.recv()).await else {
+            panic!(
+                "honest peer delayed after {sent} messages; a has {:?}, b has {:?}",
+                a.peers().await,
+                b.peers().await
+            );
+        };
+        assert_eq!(m.body(), &[Value::from(sent), big.clone()]);
+        sent += 1;
+        assert!(sent < 2000, "never dropped the peer that does not read");
+    }
+    assert_eq!(a.peers().await.unwrap()[0].id, b.id());
+    still_talking(&a, &b, "after dropping the stuck peer").await;
+    drop(stuck.shutdown().await);
+    a.close().await;
+    b.close().await;
+}
