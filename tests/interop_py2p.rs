@@ -140,8 +140,9 @@ fn py2p_mesh_with_rs2p_survives_a_node_leaving() {
     wait_for("rs2p sees all three", T, || {
         rt.peer_ids(r.mesh()).len() == 3
     });
-    let p2_id = p2.id().to_string();
-    p1.wait_until("p1-p2 link", T, |p| p.has_peer(&p2_id));
+    // (Whether a direct p1-p2 link survives py2p's own handling of
+    // simultaneous dials, Q4, is py2p's business; the mesh must not depend
+    // on it.)
 
     // p3 leaves. py2p's own reaction (a str '*' request that its py2p peers
     // answer with a broken renegotiation, PROTOCOL.md §6.12) may still cut
