@@ -60,11 +60,12 @@ pub(crate) mod net;
 pub mod proto;
 pub mod sync;
 pub mod value;
+pub mod web;
 pub mod wire;
 
 pub use config::{MeshConfig, SyncConfig, Transport};
 pub use error::{DecodeError, Error, Result, ValueError};
-pub use mesh::{EventStream, MeshEvent, MeshSocket, Message, PeerInfo, PeerKind};
+pub use mesh::{EventStream, MeshEvent, MeshSocket, Message, NodeStats, PeerInfo, PeerKind};
 pub use proto::sync::Meta;
 pub use sync::{SyncEvent, SyncEventStream, SyncSocket};
 pub use value::{from_value, to_value, Integer, Value};

@@ -49,6 +49,24 @@ pub struct PeerInfo {
     pub kind: PeerKind,
 }
 
+/// Counters of a node, for monitoring.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NodeStats {
+    /// Handshaken peers.
+    pub peers: usize,
+    /// Open connections (handshaken or not).
+    pub connections: usize,
+    /// Broadcasts refused as older than the 60 s window.
+    pub expired_broadcasts: u64,
+    /// Frames refused as undecodable (their connection was dropped).
+    pub bad_frames: u64,
+    /// The last decoding error.
+    pub last_error: Option<String>,
+    /// Peers dropped because their send queue was full.
+    pub slow_peers_dropped: u64,
+}
+
 /// Something that happened to the node.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -383,6 +401,11 @@ impl MeshSocket {
     /// The routing table: every handshaken peer.
     pub async fn peers(&self) -> Result<Vec<PeerInfo>> {
         self.call(|reply| Cmd::Peers { reply }).await
+    }
+
+    /// The node's counters.
+    pub async fn stats(&self) -> Result<NodeStats> {
+        self.call(|reply| Cmd::Stats { reply }).await
     }
 
     /// Drops the connection to a peer (it is not re-dialled); `false` when

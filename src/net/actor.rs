@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 
 use crate::config::MeshConfig;
 use crate::error::{Error, Result};
-use crate::mesh::{Inner, MeshEvent, Message, PeerInfo, PeerKind};
+use crate::mesh::{Inner, MeshEvent, Message, NodeStats, PeerInfo, PeerKind};
 use crate::net::align;
 use crate::net::conn::{self, ConnEvent, ConnHandle, ConnId, ConnSettings, SendError};
 use crate::net::transport::{Io, Transport};
@@ -70,6 +70,9 @@ pub(crate) enum Cmd {
     },
     Peers {
         reply: oneshot::Sender<Vec<PeerInfo>>,
+    },
+    Stats {
+        reply: oneshot::Sender<NodeStats>,
     },
     Disconnect {
         peer: Vec<u8>,
@@ -164,6 +167,7 @@ pub(crate) struct Core {
     after_connect: HashMap<Vec<u8>, Vec<Vec<Value>>>,
     redials: Vec<Redial>,
     no_redial: HashSet<Vec<u8>>,
+    stats: NodeStats,
 }
 
 /// The view of the actor that services and `Cmd::Call` closures get.
@@ -254,6 +258,7 @@ pub(crate) fn start(
         after_connect: HashMap::new(),
         redials: Vec::new(),
         no_redial: HashSet::new(),
+        stats: NodeStats::default(),
     };
     tokio::spawn(run(core, listener, cmd_rx, conn_rx, dial_rx, services))
 }
@@ -366,6 +371,13 @@ impl Core {
             }
             Cmd::Peers { reply } => {
                 let _ = reply.send(self.peer_infos());
+            }
+            Cmd::Stats { reply } => {
+                let mut st = self.stats.clone();
+                st.expired_broadcasts = self.seen.expired();
+                st.peers = self.routing.len();
+                st.connections = self.conns.len();
+                let _ = reply.send(st);
             }
             Cmd::Disconnect { peer, reply } => {
                 let found = match self.routing.get(&peer).copied() {
@@ -617,7 +629,10 @@ impl Core {
         };
         match c.handle.send(bytes) {
             Ok(()) => {}
-            Err(SendError::Full) => self.drop_conn(conn, "peer too slow: send queue full"),
+            Err(SendError::Full) => {
+                self.stats.slow_peers_dropped += 1;
+                self.drop_conn(conn, "peer too slow: send queue full")
+            }
             Err(SendError::Closed) => {}
         }
     }
@@ -701,11 +716,19 @@ impl Core {
         };
         let packed = match Packed::from_body(body, &c.recv_methods, &self.cfg.limits) {
             Ok(p) => p,
-            Err(e) => return self.drop_conn(conn, &format!("bad frame: {e}")),
+            Err(e) => {
+                self.stats.bad_frames += 1;
+                self.stats.last_error = Some(e.to_string());
+                return self.drop_conn(conn, &format!("bad frame: {e}"));
+            }
         };
         let msg = match packed.parse(&self.cfg.limits) {
             Ok(m) => m,
-            Err(e) => return self.drop_conn(conn, &format!("bad message: {e}")),
+            Err(e) => {
+                self.stats.bad_frames += 1;
+                self.stats.last_error = Some(e.to_string());
+                return self.drop_conn(conn, &format!("bad message: {e}"));
+            }
         };
         let now = unix_now();
         if msg.msg_type == main::RENEGOTIATE {
