@@ -179,6 +179,9 @@ pub struct SyncConfig {
     pub mesh: MeshConfig,
     /// Enforce leases (default true).
     pub leasing: bool,
+    /// Keep the dictionary and the node id in this folder (a redb
+    /// database), so a restarted node loses nothing and keeps its id.
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 impl SyncConfig {
@@ -187,6 +190,7 @@ impl SyncConfig {
         SyncConfig {
             mesh: MeshConfig::new(bind).with_subnet("sync"),
             leasing: true,
+            data_dir: None,
         }
     }
 
@@ -202,9 +206,21 @@ impl SyncConfig {
         self
     }
 
+    /// Keeps the dictionary and the node id in `dir`.
+    pub fn with_data_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
     /// Sets the transport.
     pub fn with_transport(mut self, transport: Transport) -> Self {
         self.mesh.transport = transport;
+        self
+    }
+
+    /// Sets the TLS settings (for [`Transport::Ssl`]).
+    pub fn with_tls(mut self, tls: TlsConfig) -> Self {
+        self.mesh.tls = tls;
         self
     }
 

@@ -58,6 +58,7 @@ pub mod error;
 pub mod mesh;
 pub(crate) mod net;
 pub mod proto;
+pub(crate) mod store;
 pub mod sync;
 pub mod value;
 pub mod web;

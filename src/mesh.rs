@@ -403,6 +403,31 @@ impl MeshSocket {
         self.call(|reply| Cmd::Peers { reply }).await
     }
 
+    /// Cuts a peer off: drops its connection and refuses it (at its
+    /// handshake) until [`unblock`](Self::unblock). Useful to ban a
+    /// misbehaving node, and to simulate network partitions in tests.
+    pub async fn block(&self, peer: &str) -> Result<()> {
+        let peer = peer.as_bytes().to_vec();
+        self.call(|reply| Cmd::Block {
+            peer,
+            blocked: true,
+            reply,
+        })
+        .await
+    }
+
+    /// Lifts [`block`](Self::block); a peer we had lost is re-dialled at
+    /// once.
+    pub async fn unblock(&self, peer: &str) -> Result<()> {
+        let peer = peer.as_bytes().to_vec();
+        self.call(|reply| Cmd::Block {
+            peer,
+            blocked: false,
+            reply,
+        })
+        .await
+    }
+
     /// The node's counters.
     pub async fn stats(&self) -> Result<NodeStats> {
         self.call(|reply| Cmd::Stats { reply }).await

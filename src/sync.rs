@@ -12,13 +12,16 @@ use tokio_stream::StreamExt;
 
 use crate::config::SyncConfig;
 use crate::error::{Error, Result};
-use crate::mesh::MeshSocket;
+use crate::mesh::{MeshSocket, PeerKind};
 use crate::net::actor::{unix_now, Ctx, Incoming, Service};
 use crate::net::conn::ConnId;
-use crate::proto::sync::{merge_delta, write_allowed, Meta, Refused, WriteKind};
+use crate::proto::sync::{
+    merge_delta, supersedes, write_allowed, Meta, Refused, Version, WriteKind,
+};
+use crate::store::{Store, Stored};
 use crate::value::Value;
 use crate::wire::flags::{main, sub};
-use crate::wire::Packed;
+use crate::wire::{msgpack, Packed};
 
 /// Events buffered per subscriber.
 const EVENT_CAPACITY: usize = 65_536;
@@ -45,15 +48,72 @@ pub enum SyncEvent {
     },
 }
 
+/// Tombstones kept at most; the oldest are forgotten first.
+const MAX_TOMBSTONES: usize = 100_000;
+/// How long a tombstone is kept: a partition healing later than this may
+/// bring a deleted key back.
+const TOMBSTONE_SECS: i64 = 24 * 3600;
+
+/// A key's value and who wrote it.
+#[derive(Clone, Debug)]
+struct Entry {
+    value: Value,
+    meta: Meta,
+    /// When the owner's lease began (for partition healing).
+    since: i64,
+}
+
 #[derive(Default)]
 struct State {
-    map: IndexMap<Vec<u8>, (Value, Meta)>,
+    map: IndexMap<Vec<u8>, Entry>,
+    /// Deleted keys: who deleted them, when, and since when they held the
+    /// lease. Sent to rs2p peers so that a delete made during a partition
+    /// stays deleted.
+    tombs: IndexMap<Vec<u8>, (Meta, i64)>,
+}
+
+impl State {
+    fn version(&self, key: &[u8]) -> Option<Version> {
+        if let Some(e) = self.map.get(key) {
+            return Some(Version {
+                meta: e.meta.clone(),
+                since: e.since,
+                deleted: false,
+            });
+        }
+        self.tombs.get(key).map(|(meta, since)| Version {
+            meta: meta.clone(),
+            since: *since,
+            deleted: true,
+        })
+    }
+
+    fn bury(&mut self, key: &[u8], meta: Meta, since: i64, now: i64) {
+        self.tombs.shift_remove(key);
+        self.tombs.insert(key.to_vec(), (meta, since));
+        while self.tombs.len() > MAX_TOMBSTONES
+            || self
+                .tombs
+                .first()
+                .is_some_and(|(_, (m, _))| m.timestamp < now - TOMBSTONE_SECS)
+        {
+            self.tombs.shift_remove_index(0);
+        }
+    }
 }
 
 struct Shared {
     state: Mutex<State>,
     events: broadcast::Sender<SyncEvent>,
     leasing: bool,
+    store: Option<Store>,
+}
+
+/// What a write changed.
+enum Change {
+    None,
+    Set,
+    Deleted,
 }
 
 impl Shared {
@@ -63,7 +123,9 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Applies a write under the lease rule; emits the event.
+    /// Applies a live write (store, delete or merged delta) under the
+    /// references' lease rule; emits the event and records it in the store.
+    /// Returns the store sequence number of the change.
     fn apply(
         &self,
         key: &[u8],
@@ -71,30 +133,116 @@ impl Shared {
         meta: Meta,
         kind: WriteKind,
         now: i64,
-    ) -> Result<(), Refused> {
+    ) -> Result<u64, Refused> {
         let mut st = self.lock();
-        write_allowed(
-            st.map.get(key).map(|(_, m)| m),
-            &meta,
-            kind,
-            self.leasing,
-            now,
-        )?;
-        if value.is_nil() && kind == WriteKind::Store {
+        let current = st.map.get(key);
+        write_allowed(current.map(|e| &e.meta), &meta, kind, self.leasing, now)?;
+        let since = match current {
+            Some(e) if e.meta.owner == meta.owner => e.since,
+            _ => meta.timestamp,
+        };
+        let change = if value.is_nil() && kind == WriteKind::Store {
             if st.map.shift_remove(key).is_some() {
-                drop(st);
-                let _ = self.events.send(SyncEvent::Delete { key: key.to_vec() });
+                st.bury(key, meta.clone(), since, now);
+                Change::Deleted
+            } else {
+                Change::None
             }
         } else {
-            st.map.insert(key.to_vec(), (value.clone(), meta.clone()));
-            drop(st);
-            let _ = self.events.send(SyncEvent::Update {
-                key: key.to_vec(),
-                value,
-                meta,
-            });
+            st.tombs.shift_remove(key);
+            st.map.insert(
+                key.to_vec(),
+                Entry {
+                    value: value.clone(),
+                    meta: meta.clone(),
+                    since,
+                },
+            );
+            Change::Set
+        };
+        drop(st);
+        Ok(self.announce(key, change, value, meta, since))
+    }
+
+    /// Applies a version received in a state transfer when it supersedes
+    /// ours (see [`supersedes`]); returns true when it changed anything.
+    fn merge(&self, key: &[u8], value: Value, version: Version, now: i64) -> bool {
+        let mut st = self.lock();
+        if let Some(cur) = st.version(key) {
+            let wins = supersedes(&cur, &version, self.leasing)
+                || (cur == version
+                    && !version.deleted
+                    && st.map.get(key).is_some_and(|e| {
+                        // Two writes by one owner in one second: keep the
+                        // larger encoding everywhere, so both ends agree.
+                        msgpack::encode(&value) > msgpack::encode(&e.value)
+                    }));
+            if !wins {
+                return false;
+            }
+        } else if version.deleted {
+            // A tombstone for a key we never had: remember it.
+            st.bury(key, version.meta, version.since, now);
+            return false;
         }
-        Ok(())
+        let change = if version.deleted {
+            let had = st.map.shift_remove(key).is_some();
+            st.bury(key, version.meta.clone(), version.since, now);
+            if had {
+                Change::Deleted
+            } else {
+                Change::None
+            }
+        } else {
+            st.tombs.shift_remove(key);
+            st.map.insert(
+                key.to_vec(),
+                Entry {
+                    value: value.clone(),
+                    meta: version.meta.clone(),
+                    since: version.since,
+                },
+            );
+            Change::Set
+        };
+        drop(st);
+        let changed = !matches!(change, Change::None);
+        self.announce(key, change, value, version.meta, version.since);
+        changed
+    }
+
+    fn announce(&self, key: &[u8], change: Change, value: Value, meta: Meta, since: i64) -> u64 {
+        match change {
+            Change::None => 0,
+            Change::Set => {
+                let seq = self.persist(key, Some(value.clone()), &meta, since);
+                let _ = self.events.send(SyncEvent::Update {
+                    key: key.to_vec(),
+                    value,
+                    meta,
+                });
+                seq
+            }
+            Change::Deleted => {
+                let seq = self.persist(key, None, &meta, since);
+                let _ = self.events.send(SyncEvent::Delete { key: key.to_vec() });
+                seq
+            }
+        }
+    }
+
+    fn persist(&self, key: &[u8], value: Option<Value>, meta: &Meta, since: i64) -> u64 {
+        match &self.store {
+            Some(store) => store.record(
+                key,
+                Some(Stored {
+                    value,
+                    meta: meta.clone(),
+                    since,
+                }),
+            ),
+            None => 0,
+        }
     }
 }
 
@@ -102,73 +250,133 @@ struct SyncService {
     shared: Arc<Shared>,
 }
 
-impl Service for SyncService {
-    fn on_peer(&mut self, ctx: &mut Ctx<'_>, conn: ConnId) {
-        // State transfer: one 5-packet store per key, framed in bulk.
+/// A state-transfer store: 5 packets for the references, 6 (with the lease
+/// start, and tombstones as nil values) between rs2p nodes.
+fn transfer_payload(key: &[u8], value: Value, meta: &Meta, since: i64, rs2p: bool) -> Vec<Value> {
+    let mut p = vec![
+        Value::from(sub::STORE),
+        Value::Bin(key.to_vec()),
+        value,
+        Value::Bin(meta.owner.clone()),
+        Value::from(meta.timestamp),
+    ];
+    if rs2p {
+        p.push(Value::from(since));
+    }
+    p
+}
+
+impl SyncService {
+    fn send_transfer(&self, ctx: &mut Ctx<'_>, conn: ConnId, items: Vec<Vec<Value>>) {
         let method = ctx.send_method(conn);
         let now = ctx.now();
         let mut chunk: Vec<Bytes> = Vec::new();
         let mut chunk_len = 0;
-        let mut chunks: Vec<Vec<Bytes>> = Vec::new();
-        {
-            let st = self.shared.lock();
-            for (key, (value, meta)) in &st.map {
-                let payload = [
-                    Value::from(sub::STORE),
-                    Value::Bin(key.clone()),
-                    value.clone(),
-                    Value::Bin(meta.owner.clone()),
-                    Value::from(meta.timestamp),
-                ];
-                let packed = Packed::new(main::WHISPER, ctx.my_id(), now, &payload);
-                let frame = packed.to_frame(method);
-                chunk_len += frame.len();
-                chunk.push(frame);
-                if chunk_len >= TRANSFER_CHUNK {
-                    chunks.push(std::mem::take(&mut chunk));
-                    chunk_len = 0;
-                }
+        for payload in items {
+            let frame = Packed::new(main::WHISPER, ctx.my_id(), now, &payload).to_frame(method);
+            chunk_len += frame.len();
+            chunk.push(frame);
+            if chunk_len >= TRANSFER_CHUNK {
+                ctx.send_frames(conn, &std::mem::take(&mut chunk));
+                chunk_len = 0;
             }
         }
         if !chunk.is_empty() {
-            chunks.push(chunk);
+            ctx.send_frames(conn, &chunk);
         }
-        for c in chunks {
-            ctx.send_frames(conn, &c);
-        }
+    }
+}
+
+impl Service for SyncService {
+    fn on_peer(&mut self, ctx: &mut Ctx<'_>, conn: ConnId) {
+        // State transfer: every key with its metadata; rs2p peers also get
+        // lease starts and tombstones.
+        let rs2p = ctx.peer_kind(conn) == PeerKind::Rs;
+        let items: Vec<Vec<Value>> = {
+            let st = self.shared.lock();
+            let mut items: Vec<Vec<Value>> = st
+                .map
+                .iter()
+                .map(|(k, e)| transfer_payload(k, e.value.clone(), &e.meta, e.since, rs2p))
+                .collect();
+            if rs2p {
+                items.extend(
+                    st.tombs
+                        .iter()
+                        .map(|(k, (m, since))| transfer_payload(k, Value::Nil, m, *since, true)),
+                );
+            }
+            items
+        };
+        self.send_transfer(ctx, conn, items);
     }
 
     fn on_message(&mut self, ctx: &mut Ctx<'_>, inc: &Incoming) -> bool {
         let p = &inc.msg.payload;
         match inc.msg.sub_flag() {
+            Some(sub::STORE) if p.len() == 5 || p.len() == 6 => {
+                // State transfer (a whisper, but handled whatever the flag).
+                let (Some(key), Some(owner), Some(ts)) =
+                    (p[1].as_bytes(), p[3].as_bytes(), p[4].as_i64())
+                else {
+                    return true;
+                };
+                let since = p.get(5).and_then(Value::as_i64).unwrap_or(ts).min(ts);
+                let version = Version {
+                    meta: Meta {
+                        owner: owner.to_vec(),
+                        timestamp: ts,
+                    },
+                    since,
+                    deleted: p[2].is_nil(),
+                };
+                let value = p[2].clone();
+                if p.len() == 5 {
+                    // From py2p or js2p: the references' rule, a state
+                    // transfer never overwrites a value already held (nor,
+                    // here, brings back a key deleted after that write).
+                    if version.deleted {
+                        return true;
+                    }
+                    {
+                        let st = self.shared.lock();
+                        if st.map.get(key).is_some_and(|e| e.value.is_truthy())
+                            || st
+                                .tombs
+                                .get(key)
+                                .is_some_and(|(m, _)| m.timestamp >= version.meta.timestamp)
+                        {
+                            return true;
+                        }
+                    }
+                    let _ =
+                        self.shared
+                            .apply(key, value, version.meta, WriteKind::Store, ctx.now());
+                    return true;
+                }
+                if self
+                    .shared
+                    .merge(key, value.clone(), version.clone(), ctx.now())
+                {
+                    // Pass what we learned on to the other rs2p peers, so a
+                    // healed partition converges even without direct links.
+                    let payload = transfer_payload(key, value, &version.meta, version.since, true);
+                    for conn in ctx.peers_of_kind(PeerKind::Rs) {
+                        if conn != inc.conn {
+                            self.send_transfer(ctx, conn, vec![payload.clone()]);
+                        }
+                    }
+                }
+                true
+            }
             Some(sub::STORE) => {
                 let Some(key) = p.get(1).and_then(Value::as_bytes) else {
                     return true;
                 };
                 let value = p.get(2).cloned().unwrap_or(Value::Nil);
-                let meta = if p.len() == 5 {
-                    // State transfer: never overwrites a truthy value.
-                    if self
-                        .shared
-                        .lock()
-                        .map
-                        .get(key)
-                        .is_some_and(|(v, _)| v.is_truthy())
-                    {
-                        return true;
-                    }
-                    let (Some(owner), Some(ts)) = (p[3].as_bytes(), p[4].as_i64()) else {
-                        return true;
-                    };
-                    Meta {
-                        owner: owner.to_vec(),
-                        timestamp: ts,
-                    }
-                } else {
-                    Meta {
-                        owner: inc.msg.sender.clone(),
-                        timestamp: inc.msg.time,
-                    }
+                let meta = Meta {
+                    owner: inc.msg.sender.clone(),
+                    timestamp: inc.msg.time,
                 };
                 let _ = self
                     .shared
@@ -188,7 +396,7 @@ impl Service for SyncService {
                 };
                 let merged = {
                     let st = self.shared.lock();
-                    merge_delta(st.map.get(key).map(|(v, _)| v), delta)
+                    merge_delta(st.map.get(key).map(|e| &e.value), delta)
                 };
                 if let Ok(merged) = merged {
                     let _ = self
@@ -214,6 +422,9 @@ fn lease_error(key: &[u8], r: Refused) -> Error {
     }
 }
 
+/// The store's committer task and the signal that stops it.
+type Committer = (Arc<tokio::sync::Notify>, tokio::task::JoinHandle<()>);
+
 /// A node holding a replicated dictionary (py2p's and js2p's
 /// `SyncSocket`). Reads are local and synchronous; writes are checked
 /// against the lease rule, applied, then broadcast.
@@ -231,6 +442,7 @@ fn lease_error(key: &[u8], r: Refused) -> Error {
 pub struct SyncSocket {
     mesh: MeshSocket,
     shared: Arc<Shared>,
+    committer: Arc<Mutex<Option<Committer>>>,
 }
 
 impl std::fmt::Debug for SyncSocket {
@@ -243,19 +455,61 @@ impl std::fmt::Debug for SyncSocket {
 }
 
 impl SyncSocket {
-    /// Binds a node and starts it.
+    /// Binds a node and starts it. With [`SyncConfig::data_dir`], the
+    /// dictionary and the node id are loaded from (and kept in) that
+    /// folder.
     pub async fn bind(cfg: SyncConfig) -> Result<SyncSocket> {
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        let mut mesh_cfg = cfg.mesh_config();
+        let mut state = State::default();
+        let mut store = None;
+        if let Some(dir) = &cfg.data_dir {
+            let (st, id, entries) = Store::open(dir)?;
+            if mesh_cfg.id.is_none() {
+                mesh_cfg.id = id;
+            }
+            for (key, e) in entries {
+                match e.value {
+                    Some(value) => {
+                        state.map.insert(
+                            key,
+                            Entry {
+                                value,
+                                meta: e.meta,
+                                since: e.since,
+                            },
+                        );
+                    }
+                    None => {
+                        state.tombs.insert(key, (e.meta, e.since));
+                    }
+                }
+            }
+            store = Some(st);
+        }
         let shared = Arc::new(Shared {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(state),
             events,
             leasing: cfg.leasing,
+            store: store.clone(),
         });
         let service = SyncService {
             shared: shared.clone(),
         };
-        let mesh = MeshSocket::bind_with(cfg.mesh_config(), vec![Box::new(service)]).await?;
-        Ok(SyncSocket { mesh, shared })
+        let mesh = MeshSocket::bind_with(mesh_cfg, vec![Box::new(service)]).await?;
+        let committer = match &store {
+            Some(st) => {
+                st.save_id(mesh.id())?;
+                let stop = Arc::new(tokio::sync::Notify::new());
+                Some((stop.clone(), st.spawn_committer(stop)))
+            }
+            None => None,
+        };
+        Ok(SyncSocket {
+            mesh,
+            shared,
+            committer: Arc::new(Mutex::new(committer)),
+        })
     }
 
     /// The underlying mesh node (peers, user messages, events).
@@ -279,7 +533,7 @@ impl SyncSocket {
             .lock()
             .map
             .get(key.as_ref())
-            .map(|(v, _)| v.clone())
+            .map(|e| e.value.clone())
     }
 
     /// The value of a key, or `default`.
@@ -301,7 +555,7 @@ impl SyncSocket {
             .lock()
             .map
             .get(key.as_ref())
-            .map(|(_, m)| m.clone())
+            .map(|e| e.meta.clone())
     }
 
     /// Number of keys.
@@ -332,7 +586,7 @@ impl SyncSocket {
             .lock()
             .map
             .values()
-            .map(|(v, _)| v.clone())
+            .map(|e| e.value.clone())
             .collect();
         v.into_iter()
     }
@@ -344,7 +598,7 @@ impl SyncSocket {
             .lock()
             .map
             .iter()
-            .map(|(k, (v, _))| (k.clone(), v.clone()))
+            .map(|(k, e)| (k.clone(), e.value.clone()))
             .collect();
         v.into_iter()
     }
@@ -355,7 +609,7 @@ impl SyncSocket {
             .lock()
             .map
             .iter()
-            .map(|(k, (v, m))| (k.clone(), v.clone(), m.clone()))
+            .map(|(k, e)| (k.clone(), e.value.clone(), e.meta.clone()))
             .collect()
     }
 
@@ -377,20 +631,30 @@ impl SyncSocket {
 
     async fn store(&self, key: Vec<u8>, value: Value) -> Result<()> {
         let shared = self.shared.clone();
-        self.mesh
+        let seq = self
+            .mesh
             .run_in_actor(move |ctx| {
                 let now = ctx.now();
                 let meta = Meta {
                     owner: ctx.my_id().to_vec(),
                     timestamp: now,
                 };
-                shared
+                let seq = shared
                     .apply(&key, value.clone(), meta, WriteKind::Store, now)
                     .map_err(|r| lease_error(&key, r))?;
                 ctx.broadcast(&[Value::from(sub::STORE), Value::Bin(key), value]);
-                Ok(())
+                Ok::<u64, Error>(seq)
             })
-            .await?
+            .await??;
+        self.durable(seq).await
+    }
+
+    /// With a data dir, waits until the change numbered `seq` is on disk.
+    async fn durable(&self, seq: u64) -> Result<()> {
+        match &self.shared.store {
+            Some(store) if seq > 0 => store.durable(seq).await,
+            _ => Ok(()),
+        }
     }
 
     /// Deletes a key (a store of nil). Fails with [`Error::KeyNotFound`]
@@ -438,7 +702,7 @@ impl SyncSocket {
             .lock()
             .map
             .last()
-            .map(|(k, (v, _))| (k.clone(), v.clone()));
+            .map(|(k, e)| (k.clone(), e.value.clone()));
         match last {
             None => Ok(None),
             Some((k, v)) => {
@@ -460,7 +724,8 @@ impl SyncSocket {
             });
         };
         let shared = self.shared.clone();
-        self.mesh
+        let seq = self
+            .mesh
             .run_in_actor(move |ctx| {
                 let now = ctx.now();
                 let meta = Meta {
@@ -469,13 +734,13 @@ impl SyncSocket {
                 };
                 let merged = {
                     let st = shared.lock();
-                    merge_delta(st.map.get(&key).map(|(v, _)| v), &entries)
+                    merge_delta(st.map.get(&key).map(|e| &e.value), &entries)
                 }
                 .map_err(|found| Error::NotAMapping {
                     key: key_text(&key),
                     found,
                 })?;
-                shared
+                let seq = shared
                     .apply(&key, merged, meta, WriteKind::Delta, now)
                     .map_err(|r| lease_error(&key, r))?;
                 ctx.broadcast(&[
@@ -483,9 +748,10 @@ impl SyncSocket {
                     Value::Bin(key),
                     Value::Map(entries),
                 ]);
-                Ok(())
+                Ok::<u64, Error>(seq)
             })
-            .await?
+            .await??;
+        self.durable(seq).await
     }
 
     /// A stream of changes from now on.
@@ -510,9 +776,15 @@ impl SyncSocket {
         self.mesh.connect(host, port).await
     }
 
-    /// Closes the node.
+    /// Closes the node; with a data dir, everything received so far is
+    /// committed first.
     pub async fn close(&self) {
-        self.mesh.close().await
+        self.mesh.close().await;
+        let committer = self.committer.lock().ok().and_then(|mut c| c.take());
+        if let Some((stop, task)) = committer {
+            stop.notify_one();
+            let _ = task.await;
+        }
     }
 }
 

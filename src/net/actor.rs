@@ -78,6 +78,11 @@ pub(crate) enum Cmd {
         peer: Vec<u8>,
         reply: oneshot::Sender<bool>,
     },
+    Block {
+        peer: Vec<u8>,
+        blocked: bool,
+        reply: oneshot::Sender<()>,
+    },
     Call(Box<dyn FnOnce(&mut Ctx<'_>) + Send>),
     AddHandler(Handler),
     Close,
@@ -96,6 +101,7 @@ pub(crate) trait Service: Send + 'static {
 
 /// A received, decoded message.
 pub(crate) struct Incoming {
+    pub conn: ConnId,
     pub id: MessageId,
     pub msg: WireMessage,
 }
@@ -167,6 +173,8 @@ pub(crate) struct Core {
     after_connect: HashMap<Vec<u8>, Vec<Vec<Value>>>,
     redials: Vec<Redial>,
     no_redial: HashSet<Vec<u8>>,
+    /// Peers refused at handshake and not re-dialled until unblocked.
+    blocked: HashSet<Vec<u8>>,
     stats: NodeStats,
 }
 
@@ -195,6 +203,22 @@ impl Ctx<'_> {
     /// Queues frames on a connection as one write (bulk transfers).
     pub(crate) fn send_frames(&mut self, conn: ConnId, frames: &[Bytes]) {
         self.core.send_frames(conn, frames);
+    }
+    /// The kind of peer on `conn`.
+    pub(crate) fn peer_kind(&self, conn: ConnId) -> PeerKind {
+        self.core
+            .conns
+            .get(&conn)
+            .map_or(PeerKind::Unknown, |c| c.kind)
+    }
+    /// The handshaken connections to peers of one kind.
+    pub(crate) fn peers_of_kind(&self, kind: PeerKind) -> Vec<ConnId> {
+        self.core
+            .routing
+            .values()
+            .copied()
+            .filter(|c| self.core.conns.get(c).is_some_and(|c| c.kind == kind))
+            .collect()
     }
     /// The compression in force towards `conn`.
     pub(crate) fn send_method(&self, conn: ConnId) -> Option<Compression> {
@@ -258,6 +282,7 @@ pub(crate) fn start(
         after_connect: HashMap::new(),
         redials: Vec::new(),
         no_redial: HashSet::new(),
+        blocked: HashSet::new(),
         stats: NodeStats::default(),
     };
     tokio::spawn(run(core, listener, cmd_rx, conn_rx, dial_rx, services))
@@ -389,6 +414,27 @@ impl Core {
                     None => false,
                 };
                 let _ = reply.send(found);
+            }
+            Cmd::Block {
+                peer,
+                blocked,
+                reply,
+            } => {
+                if blocked {
+                    if let Some(conn) = self.routing.get(&peer).copied() {
+                        self.drop_conn(conn, "peer blocked");
+                    }
+                    self.blocked.insert(peer);
+                } else {
+                    self.blocked.remove(&peer);
+                    let now = Instant::now();
+                    for r in self.redials.iter_mut().filter(|r| r.id == peer) {
+                        r.due = now;
+                        r.attempts = 0;
+                        r.since = now;
+                    }
+                }
+                let _ = reply.send(());
             }
             Cmd::Close | Cmd::Call(_) | Cmd::AddHandler(_) => {}
         }
@@ -741,6 +787,7 @@ impl Core {
             self.flood(&packed, &msg.payload, Some(conn), Some(&msg.sender));
         }
         let inc = Incoming {
+            conn,
             id: packed.id(),
             msg,
         };
@@ -811,6 +858,9 @@ impl Core {
         }
         if peer_id == self.id.as_slice() {
             return self.drop_conn(conn, "connected to ourselves");
+        }
+        if self.blocked.contains(peer_id) {
+            return self.drop_conn(conn, "peer blocked");
         }
         let peer_id = peer_id.to_vec();
         if let Some(want) = self.conns.get(&conn).and_then(|c| c.expected_id.as_ref()) {
@@ -1165,7 +1215,10 @@ impl Core {
             true
         });
         for (host, port, id) in due {
-            if self.routing.contains_key(&id) || self.knows_addr(&host, port) {
+            if self.routing.contains_key(&id)
+                || self.blocked.contains(&id)
+                || self.knows_addr(&host, port)
+            {
                 continue;
             }
             self.dial_expecting(host, port, Some(id), None);

@@ -84,6 +84,12 @@ Shell (a terminal on stdin, no --json): type `help` at the `rs2p>` prompt.";
 pub enum TransportArg {
     /// Plain TCP (py2p's and js2p's `Plaintext`).
     Plaintext,
+    /// TLS (py2p's and js2p's `SSL`) with a fresh self-signed certificate;
+    /// peers' certificates are not checked, so it only protects against
+    /// passive eavesdropping.
+    Ssl,
+    /// WebSocket (js2p's `ws`); see --http-port for the browser page.
+    Ws,
 }
 
 impl TransportArg {
@@ -91,6 +97,8 @@ impl TransportArg {
     pub fn to_transport(self) -> rs2p::Transport {
         match self {
             TransportArg::Plaintext => rs2p::Transport::Plaintext,
+            TransportArg::Ssl => rs2p::Transport::Ssl,
+            TransportArg::Ws => rs2p::Transport::Ws,
         }
     }
 }
@@ -166,10 +174,21 @@ pub struct NodeArgs {
     #[arg(long, value_enum, default_value_t = TransportArg::Plaintext)]
     pub transport: TransportArg,
 
+    /// With --transport ws: serve a browser page on this port (same host as
+    /// --listen) that joins the mesh from the browser.
+    #[arg(long, value_name = "PORT")]
+    pub http_port: Option<u16>,
+
     /// Address advertised to peers (default: the listening address, or
     /// 127.0.0.1 when listening on 0.0.0.0).
     #[arg(long, value_name = "HOST:PORT")]
     pub out_addr: Option<SocketAddr>,
+
+    /// Keep the dictionary and the node id in this folder, so that a
+    /// restarted node (even after a crash) has every acknowledged write and
+    /// the same id; writes return once they are on disk.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<std::path::PathBuf>,
 
     /// Speak JSON lines on stdin/stdout instead of running the shell.
     #[arg(long)]

@@ -17,6 +17,8 @@ pub struct Node {
     pub subnet: String,
     /// The nodes to dial at startup (`--connect`).
     connect: Vec<HostPort>,
+    /// The browser page server (`--http-port`), alive as long as the node.
+    _web: Option<rs2p::web::WebServer>,
 }
 
 impl Node {
@@ -52,14 +54,35 @@ async fn start(args: &NodeArgs) -> Result<Node, String> {
         .with_leasing(!args.no_leasing);
     cfg.mesh.transport = args.transport.to_transport();
     cfg.mesh.out_addr = args.out_addr;
+    cfg.data_dir = args.data_dir.clone();
     let subnet = cfg.mesh_config().subnet;
+    if args.http_port.is_some() && cfg.mesh.transport != rs2p::Transport::Ws {
+        return Err("--http-port needs --transport ws".into());
+    }
     let sync = SyncSocket::bind(cfg)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let web = match args.http_port {
+        Some(port) => {
+            let addr = std::net::SocketAddr::new(args.listen.ip(), port);
+            match rs2p::web::serve(addr, &sync).await {
+                Ok(web) => {
+                    eprintln!("rs2p: browser page at http://{}/", web.local_addr());
+                    Some(web)
+                }
+                Err(e) => {
+                    sync.close().await;
+                    return Err(format!("cannot serve the page on {addr}: {e}"));
+                }
+            }
+        }
+        None => None,
+    };
     Ok(Node {
         sync,
         subnet,
         connect: args.connect.clone(),
+        _web: web,
     })
 }
 

@@ -1,0 +1,227 @@
+//! The durable store behind `--data-dir`: the dictionary, its metadata,
+//! tombstones and the node's identity in a redb database.
+//!
+//! redb is pure Rust, maintained, and durable per committed transaction
+//! (copy-on-write B-trees with a checksummed commit). Writes are grouped:
+//! the actor records each change in a pending map (the latest change per
+//! key wins) and a committer task writes everything pending in one
+//! transaction; a local `set` returns once the commit holding its change is
+//! durable. Under concurrent writers many sets share one fsync.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use indexmap::IndexMap;
+use redb::{Database, ReadableTable, TableDefinition};
+use tokio::sync::{watch, Notify};
+
+use crate::error::{Error, Result};
+use crate::proto::sync::Meta;
+use crate::value::Value;
+use crate::wire::{msgpack, Limits};
+
+const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data");
+const NODE: TableDefinition<&str, &str> = TableDefinition::new("node");
+
+/// What is stored for a key: a value or a tombstone, with its metadata.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Stored {
+    pub value: Option<Value>,
+    pub meta: Meta,
+    pub since: i64,
+}
+
+impl Stored {
+    fn encode(&self) -> Vec<u8> {
+        msgpack::encode(&Value::Array(vec![
+            self.value.clone().unwrap_or(Value::Nil),
+            Value::Bin(self.meta.owner.clone()),
+            Value::from(self.meta.timestamp),
+            Value::from(self.since),
+            Value::Bool(self.value.is_none()),
+        ]))
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Stored> {
+        let limits = Limits {
+            max_elements: usize::MAX,
+            ..Limits::default()
+        };
+        let v = msgpack::decode(bytes, &limits).ok()?;
+        let a = v.as_array()?;
+        let deleted = a.get(4)?.as_bool()?;
+        Some(Stored {
+            value: (!deleted).then(|| a[0].clone()),
+            meta: Meta {
+                owner: a.get(1)?.as_bytes()?.to_vec(),
+                timestamp: a.get(2)?.as_i64()?,
+            },
+            since: a.get(3)?.as_i64()?,
+        })
+    }
+}
+
+/// Every saved key, as loaded at start-up.
+pub(crate) type Loaded = Vec<(Vec<u8>, Stored)>;
+
+struct Pending {
+    changes: IndexMap<Vec<u8>, Option<Stored>>,
+    seq: u64,
+}
+
+/// A handle to the store; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Store {
+    db: Arc<Database>,
+    pending: Arc<Mutex<Pending>>,
+    wake: Arc<Notify>,
+    /// The last durable sequence number, and the error that stopped the
+    /// store, if any.
+    committed: watch::Receiver<(u64, Option<String>)>,
+    committed_tx: Arc<watch::Sender<(u64, Option<String>)>>,
+}
+
+fn store_err(e: impl std::fmt::Display) -> Error {
+    Error::Store(e.to_string())
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`; returns it, the saved node id
+    /// and every saved key.
+    pub(crate) fn open(dir: &Path) -> Result<(Store, Option<String>, Loaded)> {
+        std::fs::create_dir_all(dir)?;
+        let db = Database::create(dir.join("rs2p.redb")).map_err(store_err)?;
+        let mut id = None;
+        let mut entries = Vec::new();
+        {
+            let w = db.begin_write().map_err(store_err)?;
+            {
+                let _ = w.open_table(DATA).map_err(store_err)?;
+                let _ = w.open_table(NODE).map_err(store_err)?;
+            }
+            w.commit().map_err(store_err)?;
+            let r = db.begin_read().map_err(store_err)?;
+            let node = r.open_table(NODE).map_err(store_err)?;
+            if let Some(v) = node.get("id").map_err(store_err)? {
+                id = Some(v.value().to_string());
+            }
+            let data = r.open_table(DATA).map_err(store_err)?;
+            for row in data.iter().map_err(store_err)? {
+                let (k, v) = row.map_err(store_err)?;
+                match Stored::decode(v.value()) {
+                    Some(s) => entries.push((k.value().to_vec(), s)),
+                    None => tracing::warn!("unreadable stored entry skipped"),
+                }
+            }
+        }
+        let (tx, rx) = watch::channel((0, None));
+        let store = Store {
+            db: Arc::new(db),
+            pending: Arc::new(Mutex::new(Pending {
+                changes: IndexMap::new(),
+                seq: 0,
+            })),
+            wake: Arc::new(Notify::new()),
+            committed: rx,
+            committed_tx: Arc::new(tx),
+        };
+        Ok((store, id, entries))
+    }
+
+    /// Saves the node id (at once, durably).
+    pub(crate) fn save_id(&self, id: &str) -> Result<()> {
+        let w = self.db.begin_write().map_err(store_err)?;
+        {
+            let mut t = w.open_table(NODE).map_err(store_err)?;
+            t.insert("id", id).map_err(store_err)?;
+        }
+        w.commit().map_err(store_err)
+    }
+
+    /// Records a change (None: the key is gone for good); returns the
+    /// sequence number to wait for.
+    pub(crate) fn record(&self, key: &[u8], stored: Option<Stored>) -> u64 {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.seq += 1;
+        p.changes.insert(key.to_vec(), stored);
+        let seq = p.seq;
+        drop(p);
+        self.wake.notify_one();
+        seq
+    }
+
+    /// Waits until the change numbered `seq` is durable.
+    pub(crate) async fn durable(&self, seq: u64) -> Result<()> {
+        let mut rx = self.committed.clone();
+        let state = rx
+            .wait_for(|(c, err)| *c >= seq || err.is_some())
+            .await
+            .map_err(|_| Error::Closed)?;
+        match &state.1 {
+            Some(e) => Err(Error::Store(e.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes everything pending in one transaction.
+    fn commit_pending(&self) -> Result<()> {
+        let (changes, seq) = {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            (std::mem::take(&mut p.changes), p.seq)
+        };
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let w = self.db.begin_write().map_err(store_err)?;
+        {
+            let mut t = w.open_table(DATA).map_err(store_err)?;
+            for (k, v) in &changes {
+                match v {
+                    Some(s) => {
+                        t.insert(k.as_slice(), s.encode().as_slice())
+                            .map_err(store_err)?;
+                    }
+                    None => {
+                        t.remove(k.as_slice()).map_err(store_err)?;
+                    }
+                }
+            }
+        }
+        w.commit().map_err(store_err)?;
+        self.committed_tx.send_modify(|c| c.0 = seq);
+        Ok(())
+    }
+
+    /// Runs the committer until `stop` is notified, then commits what is
+    /// left.
+    pub(crate) fn spawn_committer(&self, stop: Arc<Notify>) -> tokio::task::JoinHandle<()> {
+        let store = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let stopping = tokio::select! {
+                    _ = store.wake.notified() => false,
+                    _ = stop.notified() => true,
+                };
+                let s = store.clone();
+                match tokio::task::spawn_blocking(move || s.commit_pending()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::error!("store commit failed: {e}");
+                        store
+                            .committed_tx
+                            .send_modify(|c| c.1 = Some(e.to_string()));
+                    }
+                    Err(e) => {
+                        tracing::error!("store committer failed: {e}");
+                        store
+                            .committed_tx
+                            .send_modify(|c| c.1 = Some(e.to_string()));
+                    }
+                }
+                if stopping {
+                    break;
+                }
+            }
+        })
+    }
+}
