@@ -46,15 +46,16 @@ const SERVER_NAME: &str = "rs2p.invalid";
 ///
 /// ```
 /// use rs2p::config::{TlsConfig, TlsIdentity, TlsVerify};
+/// use rs2p::{SyncConfig, Transport};
 /// // Two rs2p nodes that only accept each other:
 /// let a = TlsIdentity::generate().unwrap();
 /// let b = TlsIdentity::generate().unwrap();
 /// let pins = vec![a.fingerprint(), b.fingerprint()];
-/// let tls_a = TlsConfig {
-///     identity: Some(a),
-///     verify: TlsVerify::Pinned(pins.clone()),
-/// };
-/// assert!(matches!(tls_a.verify, TlsVerify::Pinned(_)));
+/// let cfg_a = SyncConfig::new("127.0.0.1:0".parse().unwrap())
+///     .with_transport(Transport::Ssl)
+///     .with_tls(TlsConfig::new().with_identity(a).with_verify(TlsVerify::Pinned(pins.clone())));
+/// // ... and node b likewise with identity b and the same pins.
+/// assert_eq!(cfg_a.mesh_config().protocol_id(), "ANBM6pF8DhyLoKw2PEj8wwg9WbmxbYvmZt4d9ca3nJ7B");
 /// ```
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]

@@ -178,3 +178,80 @@ impl FrameWrite for WsWrite {
         Box::pin(async move { self.sink.close().await.map_err(to_io) })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    async fn pair(max_frame: usize) -> (WebSocketStream<TcpStream>, Io) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let ws = Ws::new(max_frame);
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            ws.accept(tcp).await
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        // Like js2p: Host without the port.
+        let (client, _) = tokio_tungstenite::client_async("ws://127.0.0.1/", tcp)
+            .await
+            .unwrap();
+        (client, server.await.unwrap().unwrap())
+    }
+
+    #[tokio::test]
+    async fn messages_become_one_byte_stream_and_pings_are_answered() {
+        let (mut client, mut io) = pair(1 << 20).await;
+        client
+            .send(Message::Ping(Bytes::from_static(b"p")))
+            .await
+            .unwrap();
+        client.send(Message::binary(&b"ab"[..])).await.unwrap();
+        client.send(Message::text("cd")).await.unwrap();
+        let mut got = [0u8; 4];
+        io.read.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"abcd");
+        assert_eq!(
+            client.next().await.unwrap().unwrap(),
+            Message::Pong(Bytes::from_static(b"p"))
+        );
+
+        // A small item is one message; a large one is split, in order.
+        io.write.write(b"frame").await.unwrap();
+        assert_eq!(
+            client.next().await.unwrap().unwrap(),
+            Message::binary(&b"frame"[..])
+        );
+        let big: Vec<u8> = (0..MAX_OUT_MESSAGE * 5 / 2).map(|i| i as u8).collect();
+        io.write.write(&big).await.unwrap();
+        let mut joined = Vec::new();
+        while joined.len() < big.len() {
+            match client.next().await.unwrap().unwrap() {
+                Message::Binary(b) => {
+                    assert!(b.len() <= MAX_OUT_MESSAGE);
+                    joined.extend_from_slice(&b);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(joined, big);
+
+        // Close ends the stream.
+        client.send(Message::Close(None)).await.unwrap();
+        let mut rest = Vec::new();
+        assert_eq!(io.read.read_to_end(&mut rest).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn oversized_messages_are_refused() {
+        let (mut client, mut io) = pair(64).await;
+        let _ = client
+            .send(Message::binary(vec![0u8; MAX_OUT_MESSAGE + 1]))
+            .await;
+        let mut rest = Vec::new();
+        assert!(io.read.read_to_end(&mut rest).await.is_err());
+        assert!(rest.is_empty());
+    }
+}
