@@ -165,3 +165,61 @@ async fn a_peer_that_never_reads_is_dropped() {
     a.close().await;
     b.close().await;
 }
+
+fn peak_rss_mib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb / 1024)
+}
+
+/// 1,000 idle connections and 50,000 distinct broadcasts from a hostile
+/// peer: memory stays bounded and the honest sync peers stay in sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_and_a_broadcast_flood() {
+    let a = sync_node(true).await;
+    let b = sync_node(true).await;
+    b.connect("127.0.0.1", a.mesh().local_addr().port()).await.unwrap();
+    wait_until("honest link", T, || async { peer_count(a.mesh()).await == 1 }).await;
+
+    let mut idle = Vec::new();
+    for _ in 0..1000 {
+        idle.push(TcpStream::connect(a.mesh().local_addr()).await.unwrap());
+    }
+    wait_until("1,000 idle connections held", T, || async {
+        a.mesh().stats().await.unwrap().connections >= 1001
+    })
+    .await;
+    a.set("during-idle", 1).await.unwrap();
+    wait_until("b in sync", T, || async { b.get("during-idle").is_some() }).await;
+
+    let mut evil = handshaken_raw(a.mesh(), &[]).await;
+    wait_until("flooder handshaken", T, || async { peer_count(a.mesh()).await == 2 }).await;
+    let evil_id = b"EvilNode1111111111111111111111111111111111111111111111111111111";
+    let mut batch = Vec::new();
+    for i in 0..50_000u32 {
+        let p = Packed::new(flags::main::BROADCAST, evil_id, now(), &[Value::from(0), Value::from(i), Value::Bin(vec![0; 64])]);
+        batch.extend_from_slice(&p.to_frame(None));
+        if i % 1000 == 999 {
+            evil.write_all(&batch).await.unwrap();
+            batch.clear();
+            // The honest peers keep syncing throughout.
+            a.set(format!("during-flood-{i}"), i).await.unwrap();
+        }
+    }
+    wait_until("every honest write on b", T, || async {
+        (0..50).all(|k| b.contains_key(format!("during-flood-{}", k * 1000 + 999)))
+    })
+    .await;
+    // Both queues are bounded; the flood went through to b as well.
+    assert!(a.mesh().drain().len() <= 65_536);
+    let rss = peak_rss_mib();
+    assert!(rss < 256, "peak RSS {rss} MiB");
+    eprintln!("peak RSS with 1,000 idle connections and 50,000 broadcasts: {rss} MiB");
+    drop(idle);
+    a.close().await;
+    b.close().await;
+}
