@@ -62,8 +62,11 @@ pub struct MeshConfig {
     pub compression: Vec<Compression>,
     /// Decoding limits.
     pub limits: Limits,
-    /// Frames queued for one peer before it is dropped as too slow.
+    /// Writes queued for one peer before it is dropped as too slow.
     pub send_queue: usize,
+    /// Bytes queued for one peer before it is dropped as too slow (default
+    /// 64 MiB).
+    pub send_queue_bytes: usize,
     /// Most connections open at once (handshaken or not).
     pub max_connections: usize,
     /// Time a new connection has to send its handshake.
@@ -94,6 +97,7 @@ impl MeshConfig {
             compression: Compression::ALL.to_vec(),
             limits: Limits::default(),
             send_queue: 4096,
+            send_queue_bytes: 64 << 20,
             max_connections: 1024,
             handshake_timeout: Duration::from_secs(30),
             incomplete_frame_timeout: Duration::from_secs(60),

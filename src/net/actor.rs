@@ -255,6 +255,7 @@ pub(crate) fn start(
     let settings = ConnSettings {
         limits: cfg.limits.clone(),
         queue: cfg.send_queue,
+        queue_bytes: cfg.send_queue_bytes,
         incomplete_timeout: cfg.incomplete_frame_timeout,
     };
     let core = Core {

@@ -2,6 +2,8 @@
 //! writer task fed by a bounded queue.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -27,6 +29,9 @@ pub(crate) enum ConnEvent {
 /// closes the socket.
 pub(crate) struct ConnHandle {
     tx: mpsc::Sender<Bytes>,
+    /// Bytes queued and not yet written, bounded by `max_queued`.
+    queued: Arc<AtomicUsize>,
+    max_queued: usize,
     reader: AbortHandle,
     writer: AbortHandle,
 }
@@ -43,9 +48,17 @@ pub(crate) enum SendError {
 impl ConnHandle {
     /// Queues a frame without waiting.
     pub(crate) fn send(&self, frame: Bytes) -> Result<(), SendError> {
-        self.tx.try_send(frame).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => SendError::Full,
-            mpsc::error::TrySendError::Closed(_) => SendError::Closed,
+        let len = frame.len();
+        if self.queued.load(Ordering::Relaxed) + len > self.max_queued {
+            return Err(SendError::Full);
+        }
+        self.queued.fetch_add(len, Ordering::Relaxed);
+        self.tx.try_send(frame).map_err(|e| {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+            match e {
+                mpsc::error::TrySendError::Full(_) => SendError::Full,
+                mpsc::error::TrySendError::Closed(_) => SendError::Closed,
+            }
         })
     }
 }
@@ -62,6 +75,7 @@ impl Drop for ConnHandle {
 pub(crate) struct ConnSettings {
     pub limits: Limits,
     pub queue: usize,
+    pub queue_bytes: usize,
     pub incomplete_timeout: Duration,
 }
 
@@ -79,6 +93,8 @@ pub(crate) fn spawn(
     } = io;
     let peer: SocketAddr = peer;
     let (tx, mut rx) = mpsc::channel::<Bytes>(settings.queue);
+    let queued = Arc::new(AtomicUsize::new(0));
+    let written = queued.clone();
 
     let limits = settings.limits.clone();
     let incomplete = settings.incomplete_timeout;
@@ -94,8 +110,8 @@ pub(crate) fn spawn(
         // burst, and each frame stays whole and in order.
         let mut batch = Vec::with_capacity(64 * 1024);
         while let Some(first) = rx.recv().await {
-            let res = if rx.is_empty() {
-                wr.write(&first).await
+            let (res, len) = if rx.is_empty() {
+                (wr.write(&first).await, first.len())
             } else {
                 batch.clear();
                 batch.extend_from_slice(&first);
@@ -105,8 +121,9 @@ pub(crate) fn spawn(
                         Err(_) => break,
                     }
                 }
-                wr.write(&batch).await
+                (wr.write(&batch).await, batch.len())
             };
+            written.fetch_sub(len, Ordering::Relaxed);
             if let Err(e) = res {
                 let _ = events
                     .send(ConnEvent::Closed {
@@ -122,6 +139,8 @@ pub(crate) fn spawn(
 
     ConnHandle {
         tx,
+        queued,
+        max_queued: settings.queue_bytes,
         reader: reader.abort_handle(),
         writer: writer.abort_handle(),
     }
