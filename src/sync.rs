@@ -248,7 +248,22 @@ impl Shared {
 
 struct SyncService {
     shared: Arc<Shared>,
+    /// State transfers under way: the peer, whether it is rs2p, the keys
+    /// (a snapshot taken at its handshake) and how far we got.
+    transfers: Vec<Transfer>,
 }
+
+struct Transfer {
+    conn: ConnId,
+    rs2p: bool,
+    keys: Vec<Vec<u8>>,
+    next: usize,
+}
+
+/// Keys framed per step of a state transfer.
+const TRANSFER_BATCH: usize = 1024;
+/// A state transfer is fed to a peer while less than this is queued for it.
+const TRANSFER_WINDOW: usize = 8 << 20;
 
 /// A state-transfer store: 5 packets for the references, 6 (with the lease
 /// start, and tombstones as nil values) between rs2p nodes.
@@ -289,26 +304,68 @@ impl SyncService {
 
 impl Service for SyncService {
     fn on_peer(&mut self, ctx: &mut Ctx<'_>, conn: ConnId) {
-        // State transfer: every key with its metadata; rs2p peers also get
-        // lease starts and tombstones.
+        // State transfer: every key with its metadata (rs2p peers also get
+        // lease starts and tombstones), fed as the peer reads it.
         let rs2p = ctx.peer_kind(conn) == PeerKind::Rs;
-        let items: Vec<Vec<Value>> = {
+        let keys: Vec<Vec<u8>> = {
             let st = self.shared.lock();
-            let mut items: Vec<Vec<Value>> = st
-                .map
-                .iter()
-                .map(|(k, e)| transfer_payload(k, e.value.clone(), &e.meta, e.since, rs2p))
-                .collect();
+            let mut keys: Vec<Vec<u8>> = st.map.keys().cloned().collect();
             if rs2p {
-                items.extend(
-                    st.tombs
-                        .iter()
-                        .map(|(k, (m, since))| transfer_payload(k, Value::Nil, m, *since, true)),
-                );
+                keys.extend(st.tombs.keys().cloned());
             }
-            items
+            keys
         };
-        self.send_transfer(ctx, conn, items);
+        self.transfers.retain(|t| t.conn != conn);
+        self.transfers.push(Transfer {
+            conn,
+            rs2p,
+            keys,
+            next: 0,
+        });
+        self.pump(ctx);
+    }
+
+    fn pump(&mut self, ctx: &mut Ctx<'_>) -> bool {
+        let mut jobs = std::mem::take(&mut self.transfers);
+        jobs.retain_mut(|job| {
+            loop {
+                match ctx.queued_bytes(job.conn) {
+                    None => return false,
+                    // Keep the transfer to a quarter of the peer's queue.
+                    Some((q, max)) if q >= TRANSFER_WINDOW.min(max / 4) => return true,
+                    Some(_) => {}
+                }
+                if job.next >= job.keys.len() {
+                    return false;
+                }
+                let mut items = Vec::new();
+                {
+                    let st = self.shared.lock();
+                    while job.next < job.keys.len() && items.len() < TRANSFER_BATCH {
+                        let key = &job.keys[job.next];
+                        job.next += 1;
+                        // Keys changed or deleted since the snapshot are sent
+                        // as they are now (live broadcasts carry the rest).
+                        if let Some(e) = st.map.get(key) {
+                            items.push(transfer_payload(
+                                key,
+                                e.value.clone(),
+                                &e.meta,
+                                e.since,
+                                job.rs2p,
+                            ));
+                        } else if job.rs2p {
+                            if let Some((m, since)) = st.tombs.get(key) {
+                                items.push(transfer_payload(key, Value::Nil, m, *since, true));
+                            }
+                        }
+                    }
+                }
+                self.send_transfer(ctx, job.conn, items);
+            }
+        });
+        self.transfers = jobs;
+        !self.transfers.is_empty()
     }
 
     fn on_message(&mut self, ctx: &mut Ctx<'_>, inc: &Incoming) -> bool {
@@ -495,6 +552,7 @@ impl SyncSocket {
         });
         let service = SyncService {
             shared: shared.clone(),
+            transfers: Vec::new(),
         };
         let mesh = MeshSocket::bind_with(mesh_cfg, vec![Box::new(service)]).await?;
         let committer = match &store {

@@ -196,3 +196,32 @@ async fn concurrent_writers_lose_nothing() {
     a.close().await;
     b.close().await;
 }
+
+/// A dictionary larger than a peer's send queue still reaches a joiner:
+/// the state transfer is fed as the joiner reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_transfer_larger_than_the_send_queue() {
+    let mut cfg = rs2p::SyncConfig::new(local());
+    cfg.mesh.send_queue_bytes = 1 << 20;
+    let a = rs2p::SyncSocket::bind(cfg).await.unwrap();
+    let value = Value::Bin((0..400u32).map(|i| (i * 7919 % 251) as u8).collect());
+    for i in 0..20_000 {
+        a.set(format!("big{i:05}"), value.clone()).await.unwrap();
+    }
+    let b = sync_node(true).await;
+    b.connect("127.0.0.1", a.mesh().local_addr().port())
+        .await
+        .unwrap();
+    wait_until("all 20,000 keys (8 MB) on the joiner", T, || async {
+        b.len() == 20_000
+    })
+    .await;
+    assert_eq!(
+        peer_count(a.mesh()).await,
+        1,
+        "the joiner was dropped as too slow"
+    );
+    assert_eq!(b.get("big19999"), Some(value));
+    a.close().await;
+    b.close().await;
+}

@@ -35,6 +35,9 @@ const TICK: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// For how long a lost peer is re-dialled.
 const REDIAL_FOR: Duration = Duration::from_secs(3600);
+/// How often bulk work (state transfers) is moved along while peers'
+/// queues are full.
+const PUMP_PERIOD: Duration = Duration::from_millis(2);
 /// Pending route requests kept (reply to a non-neighbour).
 const MAX_PENDING_REQUESTS: usize = 1024;
 
@@ -97,6 +100,11 @@ pub(crate) trait Service: Send + 'static {
     fn on_peer(&mut self, ctx: &mut Ctx<'_>, conn: ConnId);
     /// A message arrived; `true` claims it.
     fn on_message(&mut self, ctx: &mut Ctx<'_>, inc: &Incoming) -> bool;
+    /// Moves bulk work along (state transfers) as peers' queues drain;
+    /// `true` while work is left.
+    fn pump(&mut self, _ctx: &mut Ctx<'_>) -> bool {
+        false
+    }
 }
 
 /// A received, decoded message.
@@ -220,6 +228,11 @@ impl Ctx<'_> {
             .filter(|c| self.core.conns.get(c).is_some_and(|c| c.kind == kind))
             .collect()
     }
+    /// Bytes queued towards `conn` and not yet written, and the most that
+    /// may be; `None` when the connection is gone.
+    pub(crate) fn queued_bytes(&self, conn: ConnId) -> Option<(usize, usize)> {
+        self.core.conns.get(&conn).map(|c| c.handle.queued_bytes())
+    }
     /// The compression in force towards `conn`.
     pub(crate) fn send_method(&self, conn: ConnId) -> Option<Compression> {
         self.core.conns.get(&conn).and_then(|c| c.send_method)
@@ -298,6 +311,7 @@ async fn run(
     mut services: Vec<Box<dyn Service>>,
 ) {
     let mut handlers: Vec<Handler> = Vec::new();
+    let mut pumping = false;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -317,7 +331,8 @@ async fn run(
                 let Some(ev) = ev else { break };
                 match ev {
                     ConnEvent::Frame { conn, body } => {
-                        core.frame(conn, body, &mut services, &mut handlers)
+                        core.frame(conn, body, &mut services, &mut handlers);
+                        pumping = true;
                     }
                     ConnEvent::Closed { conn, reason } => core.drop_conn(conn, &reason),
                 }
@@ -332,6 +347,13 @@ async fn run(
                 }
             }
             _ = tick.tick() => core.housekeeping(),
+            _ = tokio::time::sleep(PUMP_PERIOD), if pumping => {}
+        }
+        if pumping {
+            pumping = false;
+            for s in services.iter_mut() {
+                pumping |= s.pump(&mut Ctx { core: &mut core });
+            }
         }
     }
     core.dials.abort_all();

@@ -46,6 +46,11 @@ pub(crate) enum SendError {
 }
 
 impl ConnHandle {
+    /// Bytes queued and not yet written, and the most that may be.
+    pub(crate) fn queued_bytes(&self) -> (usize, usize) {
+        (self.queued.load(Ordering::Relaxed), self.max_queued)
+    }
+
     /// Queues a frame without waiting.
     pub(crate) fn send(&self, frame: Bytes) -> Result<(), SendError> {
         let len = frame.len();
