@@ -86,17 +86,22 @@ impl Drop for Node {
 }
 
 fn unix_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }
 
 #[test]
 fn sigkill_after_ten_thousand_acknowledged_writes() {
-    let dir = std::env::temp_dir().join(format!("rs2p-crash-{}-{}", std::process::id(), unix_now()));
+    let dir =
+        std::env::temp_dir().join(format!("rs2p-crash-{}-{}", std::process::id(), unix_now()));
     let dir_s = dir.to_str().unwrap().to_string();
     let mut a = Node::start(&["--data-dir", &dir_s]);
     let id = a.id.clone();
     let mut peer = Node::start(&[]);
-    let r = peer.call(json!({"op":"connect","host":"127.0.0.1","port":a.port().parse::<u16>().unwrap()}));
+    let r = peer
+        .call(json!({"op":"connect","host":"127.0.0.1","port":a.port().parse::<u16>().unwrap()}));
     assert_eq!(r["ok"], true, "{r}");
 
     // 10,000 writes, pipelined; each reply comes once the write is on disk.
@@ -133,12 +138,15 @@ fn sigkill_after_ten_thousand_acknowledged_writes() {
         assert_eq!(item[2]["owner"], id.as_str());
     }
     // It catches up from its peer.
-    let r = a.call(json!({"op":"wait","key":"written-while-down","value":"hello","timeout_ms":20000}));
+    let r =
+        a.call(json!({"op":"wait","key":"written-while-down","value":"hello","timeout_ms":20000}));
     assert_eq!(r["ok"], true, "{r}");
     // And still owns its keys: it can change them, the peer cannot.
     let r = a.call(json!({"op":"set","key":"key00000","value":"changed after the crash"}));
     assert_eq!(r["ok"], true, "{r}");
-    let r = peer.call(json!({"op":"wait","key":"key00000","value":"changed after the crash","timeout_ms":20000}));
+    let r = peer.call(
+        json!({"op":"wait","key":"key00000","value":"changed after the crash","timeout_ms":20000}),
+    );
     assert_eq!(r["ok"], true, "{r}");
     let t0 = unix_now();
     while unix_now() <= t0 {

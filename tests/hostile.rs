@@ -182,8 +182,13 @@ fn peak_rss_mib() -> u64 {
 async fn idle_connections_and_a_broadcast_flood() {
     let a = sync_node(true).await;
     let b = sync_node(true).await;
-    b.connect("127.0.0.1", a.mesh().local_addr().port()).await.unwrap();
-    wait_until("honest link", T, || async { peer_count(a.mesh()).await == 1 }).await;
+    b.connect("127.0.0.1", a.mesh().local_addr().port())
+        .await
+        .unwrap();
+    wait_until("honest link", T, || async {
+        peer_count(a.mesh()).await == 1
+    })
+    .await;
 
     let mut idle = Vec::new();
     for _ in 0..1000 {
@@ -197,11 +202,19 @@ async fn idle_connections_and_a_broadcast_flood() {
     wait_until("b in sync", T, || async { b.get("during-idle").is_some() }).await;
 
     let mut evil = handshaken_raw(a.mesh(), &[]).await;
-    wait_until("flooder handshaken", T, || async { peer_count(a.mesh()).await == 2 }).await;
+    wait_until("flooder handshaken", T, || async {
+        peer_count(a.mesh()).await == 2
+    })
+    .await;
     let evil_id = b"EvilNode1111111111111111111111111111111111111111111111111111111";
     let mut batch = Vec::new();
     for i in 0..50_000u32 {
-        let p = Packed::new(flags::main::BROADCAST, evil_id, now(), &[Value::from(0), Value::from(i), Value::Bin(vec![0; 64])]);
+        let p = Packed::new(
+            flags::main::BROADCAST,
+            evil_id,
+            now(),
+            &[Value::from(0), Value::from(i), Value::Bin(vec![0; 64])],
+        );
         batch.extend_from_slice(&p.to_frame(None));
         if i % 1000 == 999 {
             evil.write_all(&batch).await.unwrap();
