@@ -283,12 +283,12 @@ fn transfer_payload(key: &[u8], value: Value, meta: &Meta, since: i64, rs2p: boo
 
 impl SyncService {
     fn send_transfer(&self, ctx: &mut Ctx<'_>, conn: ConnId, items: Vec<Vec<Value>>) {
-        let method = ctx.send_method(conn);
         let now = ctx.now();
         let mut chunk: Vec<Bytes> = Vec::new();
         let mut chunk_len = 0;
         for payload in items {
-            let frame = Packed::new(main::WHISPER, ctx.my_id(), now, &payload).to_frame(method);
+            let packed = Packed::new(main::WHISPER, ctx.my_id(), now, &payload);
+            let frame = packed.to_frame(ctx.send_method(conn, packed.body().len()));
             chunk_len += frame.len();
             chunk.push(frame);
             if chunk_len >= TRANSFER_CHUNK {

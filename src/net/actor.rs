@@ -134,6 +134,21 @@ struct Conn {
     expected_id: Option<Vec<u8>>,
 }
 
+/// Bodies smaller than this go uncompressed to rs2p peers: compressing
+/// them costs time on both ends and saves no bytes. (Receivers accept an
+/// uncompressed body whatever was negotiated.)
+const RS2P_COMPRESS_MIN: usize = 512;
+
+impl Conn {
+    fn method_for(&self, len: usize) -> Option<Compression> {
+        if self.kind == PeerKind::Rs && len < RS2P_COMPRESS_MIN {
+            None
+        } else {
+            self.send_method
+        }
+    }
+}
+
 struct Redial {
     host: String,
     port: u16,
@@ -233,9 +248,9 @@ impl Ctx<'_> {
     pub(crate) fn queued_bytes(&self, conn: ConnId) -> Option<(usize, usize)> {
         self.core.conns.get(&conn).map(|c| c.handle.queued_bytes())
     }
-    /// The compression in force towards `conn`.
-    pub(crate) fn send_method(&self, conn: ConnId) -> Option<Compression> {
-        self.core.conns.get(&conn).and_then(|c| c.send_method)
+    /// The compression to use towards `conn` for a body of `len` bytes.
+    pub(crate) fn send_method(&self, conn: ConnId, len: usize) -> Option<Compression> {
+        self.core.conns.get(&conn).and_then(|c| c.method_for(len))
     }
 }
 
@@ -710,7 +725,7 @@ impl Core {
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
-        let frame = packed.to_frame(c.send_method);
+        let frame = packed.to_frame(c.method_for(packed.body().len()));
         self.send_frame(conn, frame);
     }
 
@@ -738,7 +753,11 @@ impl Core {
             .map(|(_, conn)| *conn)
             .collect();
         for conn in targets {
-            let Some(method) = self.conns.get(&conn).map(|c| c.send_method) else {
+            let Some(method) = self
+                .conns
+                .get(&conn)
+                .map(|c| c.method_for(packed.body().len()))
+            else {
                 continue;
             };
             let frame = match frames.iter().find(|(m, _)| *m == method) {

@@ -1,0 +1,358 @@
+//! `rs2p bench-node`: one sync node driven by the benchmark harness
+//! (`rs2p bench`) through JSON lines. The same line protocol is spoken by
+//! `bench/py2p_adapter.py` and `bench/js2p_adapter.js`, so the harness
+//! drives all three implementations identically; docs/benchmarks.md
+//! describes it.
+//!
+//! stdout carries only events, one JSON object per line, each with `ev`
+//! (its kind) and `t` (microseconds since the Unix epoch, read when the
+//! thing happened inside the node). stdin carries commands (`cmd`), handled
+//! in order. Diagnostics go to stderr.
+//!
+//! Per-update work is kept small: an update costs a lock and a length check
+//! unless its key is traced, so the adapter is never the bottleneck.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::Args;
+use rs2p::{SyncConfig, SyncEvent, SyncSocket, Value};
+use serde_json::{json, Value as Json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::runtime::Runtime;
+use tokio_stream::StreamExt;
+
+/// Options of `rs2p bench-node`.
+#[derive(Debug, Args)]
+pub struct BenchNodeArgs {
+    /// Address to listen on (and to advertise).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0 picks a free one; `ready` says which).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+}
+
+/// Microseconds since the Unix epoch.
+pub fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// Writes one event line and flushes it.
+fn emit(ev: &str, t: i64, mut fields: Json) {
+    let obj = fields.as_object_mut().expect("event fields are an object");
+    let mut line = serde_json::Map::with_capacity(obj.len() + 2);
+    line.insert("ev".into(), Json::from(ev));
+    line.insert("t".into(), Json::from(t));
+    line.append(obj);
+    let text = Json::Object(line).to_string();
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}");
+    let _ = out.flush();
+}
+
+/// What `watch` waits for.
+struct Watch {
+    target: usize,
+    step: usize,
+    next: usize,
+}
+
+#[derive(Default)]
+struct State {
+    /// `trace` prefix: updates of keys starting with it are reported.
+    trace: Option<Vec<u8>>,
+    watch: Option<Watch>,
+    /// Update events seen since the event task started.
+    updates: u64,
+    /// True once the event task runs.
+    subscribed: bool,
+}
+
+/// Reports progress of the watch, if any, given `n` keys held at `t`.
+fn check_watch(st: &mut State, n: usize, t: i64) {
+    let Some(w) = st.watch.as_mut() else { return };
+    if n >= w.target {
+        emit("count", t, json!({ "n": n }));
+        st.watch = None;
+        return;
+    }
+    if n >= w.next {
+        emit("progress", t, json!({ "n": n }));
+        while w.next <= n {
+            w.next += w.step;
+        }
+    }
+}
+
+/// Starts the task that looks at update events (once; on the first
+/// `trace` or `watch`, so that a node nobody watches pays nothing for it).
+fn subscribe(sync: &SyncSocket, state: &Arc<Mutex<State>>) {
+    {
+        let mut st = state.lock().unwrap();
+        if st.subscribed {
+            return;
+        }
+        st.subscribed = true;
+    }
+    let mut events = sync.events();
+    let state = state.clone();
+    let sync = sync.clone();
+    tokio::spawn(async move {
+        while let Some(ev) = events.next().await {
+            let SyncEvent::Update { key, .. } = ev else {
+                continue;
+            };
+            let t = now_us();
+            let mut st = state.lock().unwrap();
+            st.updates += 1;
+            if let Some(p) = &st.trace {
+                if key.starts_with(p) {
+                    emit(
+                        "update",
+                        t,
+                        json!({ "key": String::from_utf8_lossy(&key) }),
+                    );
+                }
+            }
+            if st.watch.is_some() {
+                let n = sync.len();
+                check_watch(&mut st, n, t);
+            }
+        }
+    });
+}
+
+/// Reports the peer list whenever it changes (checked every 20 ms); the
+/// same loop re-checks the watch, in case update events were missed.
+fn spawn_peers_loop(sync: &SyncSocket, state: &Arc<Mutex<State>>) {
+    let sync = sync.clone();
+    let state = state.clone();
+    tokio::spawn(async move {
+        let mut last: Option<Vec<String>> = None;
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Ok(peers) = sync.mesh().peers().await else {
+                return;
+            };
+            let t = now_us();
+            let mut addrs: Vec<String> = peers
+                .iter()
+                .map(|p| match &p.addr {
+                    Some((h, port)) => format!("{h}:{port}"),
+                    None => format!("?{}", p.id),
+                })
+                .collect();
+            addrs.sort();
+            if last.as_ref() != Some(&addrs) {
+                emit("peers", t, json!({ "n": addrs.len(), "peers": addrs }));
+                last = Some(addrs);
+            }
+            let mut st = state.lock().unwrap();
+            if st.watch.is_some() {
+                let n = sync.len();
+                check_watch(&mut st, n, now_us());
+            }
+        }
+    });
+}
+
+fn field_str<'a>(cmd: &'a Json, name: &str) -> Result<&'a str, String> {
+    cmd.get(name)
+        .and_then(Json::as_str)
+        .ok_or_else(|| format!("`{name}` (a string) is required"))
+}
+
+fn field_u64(cmd: &Json, name: &str) -> Result<u64, String> {
+    cmd.get(name)
+        .and_then(Json::as_u64)
+        .ok_or_else(|| format!("`{name}` (a non-negative integer) is required"))
+}
+
+/// Handles one command; `Ok(true)` means quit.
+async fn handle(sync: &SyncSocket, state: &Arc<Mutex<State>>, cmd: &Json) -> Result<bool, String> {
+    let name = field_str(cmd, "cmd")?;
+    match name {
+        "connect" => {
+            let host = field_str(cmd, "host")?;
+            let port = u16::try_from(field_u64(cmd, "port")?).map_err(|_| "bad port")?;
+            let t0 = now_us();
+            sync.connect(host, port)
+                .await
+                .map_err(|e| format!("connect {host}:{port}: {e}"))?;
+            emit("ack", now_us(), json!({ "cmd": "connect", "t0": t0 }));
+        }
+        "trace" => {
+            let prefix = field_str(cmd, "prefix")?.as_bytes().to_vec();
+            state.lock().unwrap().trace = Some(prefix);
+            subscribe(sync, state);
+            emit("ack", now_us(), json!({ "cmd": "trace" }));
+        }
+        "watch" => {
+            let target = field_u64(cmd, "count")? as usize;
+            let step = (target / 20).max(1);
+            // Subscribe first, so that no update between the check below and
+            // the subscription is missed.
+            subscribe(sync, state);
+            let mut st = state.lock().unwrap();
+            st.watch = Some(Watch {
+                target,
+                step,
+                next: step,
+            });
+            emit("ack", now_us(), json!({ "cmd": "watch" }));
+            let n = sync.len();
+            check_watch(&mut st, n, now_us());
+        }
+        "set" => {
+            let key = field_str(cmd, "key")?;
+            let value = field_str(cmd, "value")?;
+            let t = now_us();
+            let res = sync.set(key, Value::Bin(value.as_bytes().to_vec())).await;
+            let t_end = now_us();
+            res.map_err(|e| format!("set {key}: {e}"))?;
+            emit("set", t, json!({ "key": key, "t_end": t_end }));
+        }
+        "burst" => {
+            let prefix = field_str(cmd, "prefix")?;
+            let count = field_u64(cmd, "count")?;
+            let size = field_u64(cmd, "size")? as usize;
+            let tail: Vec<u8> = (0..size.saturating_sub(8))
+                .map(|_| rand::random::<u8>())
+                .collect();
+            let mut errors = 0u64;
+            let mut first_error: Option<String> = None;
+            let t0 = now_us();
+            for i in 0..count {
+                let key = format!("{prefix}{i:07}");
+                let mut value = format!("{i:08}").into_bytes();
+                value.extend_from_slice(&tail);
+                if let Err(e) = sync.set(key, Value::Bin(value)).await {
+                    errors += 1;
+                    first_error.get_or_insert_with(|| e.to_string());
+                }
+            }
+            let t = now_us();
+            emit(
+                "burst_done",
+                t,
+                json!({ "count": count, "t0": t0, "errors": errors, "first_error": first_error }),
+            );
+        }
+        "stats" => {
+            let st = sync
+                .mesh()
+                .stats()
+                .await
+                .map_err(|e| format!("stats: {e}"))?;
+            let updates = state.lock().unwrap().updates;
+            emit(
+                "stats",
+                now_us(),
+                json!({
+                    "keys": sync.len(),
+                    "updates": updates,
+                    "peers": st.peers,
+                    "exceptions": st.bad_frames,
+                    "last_exception": st.last_error,
+                    "expired": st.expired_broadcasts,
+                    "slow_peers_dropped": st.slow_peers_dropped,
+                }),
+            );
+        }
+        "quit" => return Ok(true),
+        other => return Err(format!("unknown command `{other}`")),
+    }
+    Ok(false)
+}
+
+async fn main_loop(args: BenchNodeArgs) -> ExitCode {
+    let bind = match tokio::net::lookup_host((args.host.as_str(), args.port)).await {
+        Ok(mut addrs) => match addrs.next() {
+            Some(a) => a,
+            None => {
+                eprintln!("rs2p bench-node: {} does not resolve", args.host);
+                return ExitCode::FAILURE;
+            }
+        },
+        Err(e) => {
+            eprintln!("rs2p bench-node: {}: {e}", args.host);
+            return ExitCode::FAILURE;
+        }
+    };
+    let cfg = SyncConfig::new(bind)
+        .with_subnet("sync")
+        .with_leasing(true)
+        .with_transport(rs2p::Transport::Plaintext);
+    let sync = match SyncSocket::bind(cfg).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("rs2p bench-node: cannot listen on {bind}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let port = sync.mesh().local_addr().port();
+    emit(
+        "ready",
+        now_us(),
+        json!({
+            "impl": "rs2p",
+            "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
+            "host": args.host,
+            "port": port,
+        }),
+    );
+    let state = Arc::new(Mutex::new(State::default()));
+    spawn_peers_loop(&sync, &state);
+
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    loop {
+        let line = match lines.next_line().await {
+            Ok(Some(l)) => l,
+            Ok(None) => break, // EOF: same as quit
+            Err(e) => {
+                eprintln!("rs2p bench-node: stdin: {e}");
+                break;
+            }
+        };
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let cmd: Json = match serde_json::from_str(line) {
+            Ok(c) => c,
+            Err(e) => {
+                emit("error", now_us(), json!({ "error": format!("bad JSON: {e}") }));
+                continue;
+            }
+        };
+        match handle(&sync, &state, &cmd).await {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => {
+                eprintln!("rs2p bench-node: {e}");
+                emit(
+                    "error",
+                    now_us(),
+                    json!({ "error": e, "cmd": cmd.get("cmd").cloned().unwrap_or(Json::Null) }),
+                );
+            }
+        }
+    }
+    sync.close().await;
+    emit("bye", now_us(), json!({}));
+    ExitCode::SUCCESS
+}
+
+/// Runs `rs2p bench-node`.
+pub fn run(rt: &Runtime, args: BenchNodeArgs) -> ExitCode {
+    rt.block_on(main_loop(args))
+}
