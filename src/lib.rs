@@ -50,7 +50,21 @@
 //!   reading is dropped), the received-message queue, connections, and the
 //!   time a peer may take to send its handshake;
 //! - re-dials lost peers with exponential backoff (neither reference
-//!   reconnects).
+//!   reconnects), and only accepts the node with the lost id at that
+//!   address;
+//! - converges after partitions: rs2p nodes exchange lease start times and
+//!   tombstones with their state (a sixth packet in the state-transfer store
+//!   that only rs2p peers receive) and keep, per key, the version chosen by
+//!   [`proto::sync::supersedes`] (the lease holder's writes win; deletes
+//!   stay deleted). State transfers *from* py2p and js2p keep the
+//!   references' rule (never overwrite a value held);
+//! - writes to py2p-like peers are laid out so that py2p's reader never hits
+//!   its framing bug (a read leaving exactly 4 bytes), with padding frames
+//!   (sub-flag `ping`) that py2p ignores; and appends a reserved value
+//!   (0x2f) to the compression list of its handshake so rs2p nodes know each
+//!   other (the references intersect that list with what they know);
+//! - sends small frames (under 512 bytes) uncompressed to other rs2p nodes;
+//! - can keep its dictionary and id on disk ([`SyncConfig::data_dir`]).
 #![warn(missing_docs)]
 
 pub mod config;
