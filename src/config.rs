@@ -102,7 +102,7 @@ impl MeshConfig {
             handshake_timeout: Duration::from_secs(30),
             incomplete_frame_timeout: Duration::from_secs(60),
             recv_queue: 65_536,
-            seen_capacity: 1 << 20,
+            seen_capacity: 1 << 18,
             reconnect: true,
             id: None,
         }
