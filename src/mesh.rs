@@ -21,7 +21,7 @@ use crate::wire::{ids, MessageId};
 /// Capacity of the command channel into the actor.
 const CMD_CAPACITY: usize = 1024;
 /// Events buffered per subscriber before it starts missing some.
-const EVENT_CAPACITY: usize = 4096;
+const EVENT_CAPACITY: usize = 1024;
 
 /// How a peer encodes its ids, which tells which reference it behaves like.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -366,7 +366,7 @@ impl MeshSocket {
     }
 
     /// A stream of events from now on. A subscriber that falls more than
-    /// 4096 events behind misses the oldest ones.
+    /// 1024 events behind misses the oldest ones.
     pub fn events(&self) -> EventStream {
         EventStream {
             inner: BroadcastStream::new(self.inner.events.subscribe()),

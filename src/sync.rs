@@ -1,6 +1,6 @@
 //! [`SyncSocket`]: a dictionary replicated to every node of the mesh.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -24,7 +24,7 @@ use crate::wire::flags::{main, sub};
 use crate::wire::{msgpack, Packed};
 
 /// Events buffered per subscriber.
-const EVENT_CAPACITY: usize = 65_536;
+const EVENT_CAPACITY: usize = 4096;
 /// Size of one chunk of a state transfer handed to a connection.
 const TRANSFER_CHUNK: usize = 256 * 1024;
 
@@ -54,29 +54,65 @@ const MAX_TOMBSTONES: usize = 100_000;
 /// bring a deleted key back.
 const TOMBSTONE_SECS: i64 = 24 * 3600;
 
-/// A key's value and who wrote it.
+/// A key's value and who wrote it (owner ids are shared between entries).
 #[derive(Clone, Debug)]
 struct Entry {
     value: Value,
-    meta: Meta,
+    owner: Arc<[u8]>,
+    timestamp: i64,
     /// When the owner's lease began (for partition healing).
     since: i64,
 }
 
+impl Entry {
+    fn meta(&self) -> Meta {
+        Meta {
+            owner: self.owner.to_vec(),
+            timestamp: self.timestamp,
+        }
+    }
+}
+
+/// Owner ids seen last, shared by the entries they wrote.
+const OWNER_CACHE: usize = 16;
+
 #[derive(Default)]
 struct State {
-    map: IndexMap<Vec<u8>, Entry>,
+    map: IndexMap<Box<[u8]>, Entry>,
+    owners: VecDeque<Arc<[u8]>>,
     /// Deleted keys: who deleted them, when, and since when they held the
     /// lease. Sent to rs2p peers so that a delete made during a partition
     /// stays deleted.
-    tombs: IndexMap<Vec<u8>, (Meta, i64)>,
+    tombs: IndexMap<Box<[u8]>, (Meta, i64)>,
 }
 
 impl State {
+    /// The shared copy of an owner id.
+    fn owner(&mut self, id: &[u8]) -> Arc<[u8]> {
+        if let Some(o) = self.owners.iter().find(|o| ***o == *id) {
+            return o.clone();
+        }
+        let o: Arc<[u8]> = id.into();
+        if self.owners.len() >= OWNER_CACHE {
+            self.owners.pop_front();
+        }
+        self.owners.push_back(o.clone());
+        o
+    }
+
+    fn entry(&mut self, value: Value, meta: &Meta, since: i64) -> Entry {
+        Entry {
+            value,
+            owner: self.owner(&meta.owner),
+            timestamp: meta.timestamp,
+            since,
+        }
+    }
+
     fn version(&self, key: &[u8]) -> Option<Version> {
         if let Some(e) = self.map.get(key) {
             return Some(Version {
-                meta: e.meta.clone(),
+                meta: e.meta(),
                 since: e.since,
                 deleted: false,
             });
@@ -90,7 +126,7 @@ impl State {
 
     fn bury(&mut self, key: &[u8], meta: Meta, since: i64, now: i64) {
         self.tombs.shift_remove(key);
-        self.tombs.insert(key.to_vec(), (meta, since));
+        self.tombs.insert(key.into(), (meta, since));
         while self.tombs.len() > MAX_TOMBSTONES
             || self
                 .tombs
@@ -136,9 +172,15 @@ impl Shared {
     ) -> Result<u64, Refused> {
         let mut st = self.lock();
         let current = st.map.get(key);
-        write_allowed(current.map(|e| &e.meta), &meta, kind, self.leasing, now)?;
+        write_allowed(
+            current.map(|e| (&*e.owner, e.timestamp)),
+            &meta,
+            kind,
+            self.leasing,
+            now,
+        )?;
         let since = match current {
-            Some(e) if e.meta.owner == meta.owner => e.since,
+            Some(e) if *e.owner == *meta.owner => e.since,
             _ => meta.timestamp,
         };
         let change = if value.is_nil() && kind == WriteKind::Store {
@@ -150,14 +192,8 @@ impl Shared {
             }
         } else {
             st.tombs.shift_remove(key);
-            st.map.insert(
-                key.to_vec(),
-                Entry {
-                    value: value.clone(),
-                    meta: meta.clone(),
-                    since,
-                },
-            );
+            let entry = st.entry(value.clone(), &meta, since);
+            st.map.insert(key.into(), entry);
             Change::Set
         };
         drop(st);
@@ -195,14 +231,8 @@ impl Shared {
             }
         } else {
             st.tombs.shift_remove(key);
-            st.map.insert(
-                key.to_vec(),
-                Entry {
-                    value: value.clone(),
-                    meta: version.meta.clone(),
-                    since: version.since,
-                },
-            );
+            let entry = st.entry(value.clone(), &version.meta, version.since);
+            st.map.insert(key.into(), entry);
             Change::Set
         };
         drop(st);
@@ -256,7 +286,7 @@ struct SyncService {
 struct Transfer {
     conn: ConnId,
     rs2p: bool,
-    keys: Vec<Vec<u8>>,
+    keys: Vec<Box<[u8]>>,
     next: usize,
 }
 
@@ -307,9 +337,9 @@ impl Service for SyncService {
         // State transfer: every key with its metadata (rs2p peers also get
         // lease starts and tombstones), fed as the peer reads it.
         let rs2p = ctx.peer_kind(conn) == PeerKind::Rs;
-        let keys: Vec<Vec<u8>> = {
+        let keys: Vec<Box<[u8]>> = {
             let st = self.shared.lock();
-            let mut keys: Vec<Vec<u8>> = st.map.keys().cloned().collect();
+            let mut keys: Vec<Box<[u8]>> = st.map.keys().cloned().collect();
             if rs2p {
                 keys.extend(st.tombs.keys().cloned());
             }
@@ -346,11 +376,11 @@ impl Service for SyncService {
                         job.next += 1;
                         // Keys changed or deleted since the snapshot are sent
                         // as they are now (live broadcasts carry the rest).
-                        if let Some(e) = st.map.get(key) {
+                        if let Some(e) = st.map.get(&**key) {
                             items.push(transfer_payload(
                                 key,
                                 e.value.clone(),
-                                &e.meta,
+                                &e.meta(),
                                 e.since,
                                 job.rs2p,
                             ));
@@ -528,17 +558,11 @@ impl SyncSocket {
             for (key, e) in entries {
                 match e.value {
                     Some(value) => {
-                        state.map.insert(
-                            key,
-                            Entry {
-                                value,
-                                meta: e.meta,
-                                since: e.since,
-                            },
-                        );
+                        let entry = state.entry(value, &e.meta, e.since);
+                        state.map.insert(key.into(), entry);
                     }
                     None => {
-                        state.tombs.insert(key, (e.meta, e.since));
+                        state.tombs.insert(key.into(), (e.meta, e.since));
                     }
                 }
             }
@@ -609,11 +633,7 @@ impl SyncSocket {
 
     /// Owner and timestamp of a key's current value.
     pub fn metadata(&self, key: impl AsRef<[u8]>) -> Option<Meta> {
-        self.shared
-            .lock()
-            .map
-            .get(key.as_ref())
-            .map(|e| e.meta.clone())
+        self.shared.lock().map.get(key.as_ref()).map(Entry::meta)
     }
 
     /// Number of keys.
@@ -633,7 +653,7 @@ impl SyncSocket {
 
     /// The keys, from a consistent snapshot.
     pub fn keys(&self) -> impl Iterator<Item = Vec<u8>> {
-        let keys: Vec<Vec<u8>> = self.shared.lock().map.keys().cloned().collect();
+        let keys: Vec<Vec<u8>> = self.shared.lock().map.keys().map(|k| k.to_vec()).collect();
         keys.into_iter()
     }
 
@@ -656,7 +676,7 @@ impl SyncSocket {
             .lock()
             .map
             .iter()
-            .map(|(k, e)| (k.clone(), e.value.clone()))
+            .map(|(k, e)| (k.to_vec(), e.value.clone()))
             .collect();
         v.into_iter()
     }
@@ -667,7 +687,7 @@ impl SyncSocket {
             .lock()
             .map
             .iter()
-            .map(|(k, e)| (k.clone(), e.value.clone(), e.meta.clone()))
+            .map(|(k, e)| (k.to_vec(), e.value.clone(), e.meta()))
             .collect()
     }
 
@@ -760,7 +780,7 @@ impl SyncSocket {
             .lock()
             .map
             .last()
-            .map(|(k, e)| (k.clone(), e.value.clone()));
+            .map(|(k, e)| (k.to_vec(), e.value.clone()));
         match last {
             None => Ok(None),
             Some((k, v)) => {
@@ -792,7 +812,7 @@ impl SyncSocket {
                 };
                 let merged = {
                     let st = shared.lock();
-                    merge_delta(st.map.get(&key).map(|e| &e.value), &entries)
+                    merge_delta(st.map.get(key.as_slice()).map(|e| &e.value), &entries)
                 }
                 .map_err(|found| Error::NotAMapping {
                     key: key_text(&key),

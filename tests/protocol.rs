@@ -52,6 +52,11 @@ impl Raw {
                     // looks like py2p); ignored as py2p ignores it.
                     continue;
                 }
+                if m.sub_flag() == Some(sub::REQUEST) && m.payload.len() == 2 {
+                    // The node asking for peers now and then.
+                    assert_eq!(m.payload[1], Value::Bin(b"*".to_vec()));
+                    continue;
+                }
                 return (plain, m);
             }
             let n = tokio::time::timeout(T, self.s.read_buf(&mut self.buf))

@@ -38,6 +38,10 @@ const REDIAL_FOR: Duration = Duration::from_secs(3600);
 /// How often bulk work (state transfers) is moved along while peers'
 /// queues are full.
 const PUMP_PERIOD: Duration = Duration::from_millis(2);
+/// First wait before a node short of outgoing links asks for peers again;
+/// the wait doubles up to `MAX_REFRESH`, and starts over when a peer leaves.
+const FIRST_REFRESH: Duration = Duration::from_secs(1);
+const MAX_REFRESH: Duration = Duration::from_secs(60);
 /// Pending route requests kept (reply to a non-neighbour).
 const MAX_PENDING_REQUESTS: usize = 1024;
 
@@ -199,6 +203,9 @@ pub(crate) struct Core {
     /// Peers refused at handshake and not re-dialled until unblocked.
     blocked: HashSet<Vec<u8>>,
     stats: NodeStats,
+    /// When to ask peers for theirs again, and the current interval.
+    next_refresh: Instant,
+    refresh_every: Duration,
 }
 
 /// The view of the actor that services and `Cmd::Call` closures get.
@@ -219,7 +226,6 @@ impl Ctx<'_> {
     pub(crate) fn broadcast(&mut self, payload: &[Value]) -> MessageId {
         let now = unix_now();
         let packed = Packed::new(main::BROADCAST, &self.core.id, now, payload);
-        self.core.seen.remember(packed.id(), now, now);
         self.core.flood(&packed, payload, None, None);
         packed.id()
     }
@@ -313,6 +319,8 @@ pub(crate) fn start(
         no_redial: HashSet::new(),
         blocked: HashSet::new(),
         stats: NodeStats::default(),
+        next_refresh: Instant::now() + FIRST_REFRESH,
+        refresh_every: FIRST_REFRESH,
     };
     tokio::spawn(run(core, listener, cmd_rx, conn_rx, dial_rx, services))
 }
@@ -393,7 +401,6 @@ impl Core {
             } => {
                 let now = unix_now();
                 let packed = Packed::new(msg_type, &self.id, now, &payload);
-                self.seen.remember(packed.id(), now, now);
                 if msg_type == main::BROADCAST {
                     self.flood(&packed, &payload, None, None);
                 } else {
@@ -823,7 +830,9 @@ impl Core {
             return self.renegotiate(conn, &msg);
         }
         if msg.msg_type == main::BROADCAST {
-            if !self.seen.insert(packed.id(), msg.time, now) {
+            // Our own broadcasts echoing back are dropped without being
+            // remembered: nobody else creates messages under our id.
+            if msg.sender == self.id || !self.seen.insert(packed.id(), msg.time, now) {
                 return;
             }
             self.flood(&packed, &msg.payload, Some(conn), Some(&msg.sender));
@@ -1063,7 +1072,6 @@ impl Core {
                         ];
                         let now = unix_now();
                         let packed = Packed::new(main::BROADCAST, &self.id, now, &payload);
-                        self.seen.remember(packed.id(), now, now);
                         self.send_packed(conn, &packed);
                     }
                 }
@@ -1090,7 +1098,6 @@ impl Core {
             Value::Bin(peer),
         ];
         let packed = Packed::new(main::BROADCAST, &self.id, now, &payload);
-        self.seen.remember(packed.id(), now, now);
         self.flood(&packed, &payload, None, None);
     }
 
@@ -1218,12 +1225,26 @@ impl Core {
         // Ask the remaining peers for theirs (as bin '*', which py2p and js2p
         // both answer with a peers list), to refill our outgoing slots.
         if self.outgoing_count() < self.cfg.max_outgoing {
-            let payload = [Value::from(sub::REQUEST), Value::Bin(b"*".to_vec())];
-            let packed = Packed::new(main::WHISPER, &self.id, unix_now(), &payload);
-            let conns: Vec<ConnId> = self.routing.values().copied().collect();
-            for c in conns {
-                self.send_packed(c, &packed);
-            }
+            self.ask_for_peers(false);
+        }
+        self.refresh_every = FIRST_REFRESH;
+        self.next_refresh = Instant::now() + FIRST_REFRESH;
+    }
+
+    /// Sends the peers request `'*'` (as bin, which py2p and js2p both
+    /// answer with a peers list). js2p also re-sends its whole dictionary in
+    /// answer (J10), so periodic refreshes skip js2p-like peers.
+    fn ask_for_peers(&mut self, periodic: bool) {
+        let payload = [Value::from(sub::REQUEST), Value::Bin(b"*".to_vec())];
+        let packed = Packed::new(main::WHISPER, &self.id, unix_now(), &payload);
+        let conns: Vec<ConnId> = self
+            .routing
+            .values()
+            .copied()
+            .filter(|c| !periodic || self.conns.get(c).is_some_and(|c| c.kind != PeerKind::Js))
+            .collect();
+        for c in conns {
+            self.send_packed(c, &packed);
         }
     }
 
@@ -1233,6 +1254,16 @@ impl Core {
 
     fn housekeeping(&mut self) {
         let now = Instant::now();
+        // A node short of outgoing links asks its peers for theirs now and
+        // then: peers lists are otherwise only sent at handshakes, so the
+        // first nodes of a chain would never hear of the later ones.
+        if now >= self.next_refresh {
+            if !self.routing.is_empty() && self.outgoing_count() < self.cfg.max_outgoing {
+                self.ask_for_peers(true);
+            }
+            self.refresh_every = (self.refresh_every * 2).min(MAX_REFRESH);
+            self.next_refresh = now + self.refresh_every;
+        }
         let timeout = self.cfg.handshake_timeout;
         let stale: Vec<ConnId> = self
             .conns

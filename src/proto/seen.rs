@@ -2,13 +2,43 @@
 //! hard bound on memory.
 
 use std::collections::{HashSet, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::wire::MessageId;
+
+/// The fingerprints are already uniformly random (SHA-256 bits): hash them
+/// as they are.
+#[derive(Default)]
+struct Identity(u64);
+
+impl Hasher for Identity {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// 64 bits of the message id mixed with its time: an accidental collision
+/// among the entries held is negligible (about 2^-33 at full capacity), and
+/// a deliberate one only hides the forger's own messages.
+fn fingerprint(id: &MessageId, time: i64) -> u64 {
+    let mut head = [0u8; 8];
+    head.copy_from_slice(&id[..8]);
+    u64::from_le_bytes(head) ^ (time as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
 
 /// How long a broadcast is accepted after its creation time, in seconds.
 pub const WINDOW_SECS: i64 = 60;
 
-/// Remembers `(id, time)` of recent broadcasts.
+/// Remembers `(id, time)` of recent broadcasts (as 64-bit fingerprints, 24
+/// bytes an entry).
 ///
 /// Entries leave when they are older than [`WINDOW_SECS`] (messages that old
 /// are refused anyway) or, under a flood, when more than `capacity` are held:
@@ -23,8 +53,8 @@ pub const WINDOW_SECS: i64 = 60;
 /// ```
 #[derive(Debug)]
 pub struct Seen {
-    set: HashSet<(MessageId, i64)>,
-    order: VecDeque<(MessageId, i64)>,
+    set: HashSet<u64, BuildHasherDefault<Identity>>,
+    order: VecDeque<(u64, i64)>,
     capacity: usize,
     expired: u64,
 }
@@ -33,7 +63,7 @@ impl Seen {
     /// An empty window holding at most `capacity` entries.
     pub fn new(capacity: usize) -> Seen {
         Seen {
-            set: HashSet::new(),
+            set: HashSet::default(),
             order: VecDeque::new(),
             capacity: capacity.max(1),
             expired: 0,
@@ -47,29 +77,22 @@ impl Seen {
             self.expired += 1;
             return false;
         }
-        if !self.set.insert((id, time)) {
+        let fp = fingerprint(&id, time);
+        if !self.set.insert(fp) {
             return false;
         }
-        self.order.push_back((id, time));
+        self.order.push_back((fp, time));
         self.prune(now);
         true
-    }
-
-    /// Records a message we send ourselves, so its echoes are dropped.
-    pub fn remember(&mut self, id: MessageId, time: i64, now: i64) {
-        if self.set.insert((id, time)) {
-            self.order.push_back((id, time));
-            self.prune(now);
-        }
     }
 
     fn prune(&mut self, now: i64) {
         // Insertion order is close to time order; a late old entry is kept
         // until the entries before it leave, which the capacity bounds.
-        while let Some(&(id, t)) = self.order.front() {
+        while let Some(&(fp, t)) = self.order.front() {
             if self.order.len() > self.capacity || t <= now - WINDOW_SECS {
                 self.order.pop_front();
-                self.set.remove(&(id, t));
+                self.set.remove(&fp);
             } else {
                 break;
             }

@@ -35,41 +35,44 @@ pub struct Refused {
 
 /// The lease rule, exactly as py2p and js2p apply it.
 ///
-/// A write by `new` of kind `kind` is allowed when the key has no metadata;
-/// the owner is the same; it is a delta and leasing is off; the lease has
-/// expired (`time < now - 3600`); within the same second the current owner
-/// id is byte-wise greater than the new one; or, with leasing off, the new
-/// write is later.
+/// A write by `new` of kind `kind` is allowed when the key has no metadata
+/// (`current` is `None`: its owner and timestamp); the owner is the same;
+/// it is a delta and leasing is off; the lease has expired
+/// (`time < now - 3600`); within the same second the current owner id is
+/// byte-wise greater than the new one; or, with leasing off, the new write
+/// is later.
 ///
 /// ```
 /// use rs2p::proto::sync::{write_allowed, Meta, WriteKind};
-/// let cur = Meta { owner: b"B".to_vec(), timestamp: 100 };
+/// let cur = Some((&b"B"[..], 100));
 /// let by = |o: &[u8], t| Meta { owner: o.to_vec(), timestamp: t };
-/// assert!(write_allowed(Some(&cur), &by(b"B", 50), WriteKind::Store, true, 200).is_ok());
-/// assert!(write_allowed(Some(&cur), &by(b"C", 101), WriteKind::Store, true, 200).is_err());
-/// assert!(write_allowed(Some(&cur), &by(b"A", 100), WriteKind::Store, true, 200).is_ok());
-/// assert!(write_allowed(Some(&cur), &by(b"C", 101), WriteKind::Store, false, 200).is_ok());
-/// assert!(write_allowed(Some(&cur), &by(b"C", 101), WriteKind::Store, true, 3701).is_ok());
+/// assert!(write_allowed(cur, &by(b"B", 50), WriteKind::Store, true, 200).is_ok());
+/// assert!(write_allowed(cur, &by(b"C", 101), WriteKind::Store, true, 200).is_err());
+/// assert!(write_allowed(cur, &by(b"A", 100), WriteKind::Store, true, 200).is_ok());
+/// assert!(write_allowed(cur, &by(b"C", 101), WriteKind::Store, false, 200).is_ok());
+/// assert!(write_allowed(cur, &by(b"C", 101), WriteKind::Store, true, 3701).is_ok());
 /// ```
 pub fn write_allowed(
-    current: Option<&Meta>,
+    current: Option<(&[u8], i64)>,
     new: &Meta,
     kind: WriteKind,
     leasing: bool,
     now: i64,
 ) -> Result<(), Refused> {
-    let Some(cur) = current else { return Ok(()) };
-    let allowed = cur.owner == new.owner
+    let Some((owner, timestamp)) = current else {
+        return Ok(());
+    };
+    let allowed = owner == new.owner.as_slice()
         || (kind == WriteKind::Delta && !leasing)
-        || cur.timestamp < now - LEASE_SECS
-        || (cur.timestamp == new.timestamp && cur.owner > new.owner)
-        || (cur.timestamp < new.timestamp && !leasing);
+        || timestamp < now - LEASE_SECS
+        || (timestamp == new.timestamp && owner > new.owner.as_slice())
+        || (timestamp < new.timestamp && !leasing);
     if allowed {
         Ok(())
     } else {
         Err(Refused {
-            owner: cur.owner.clone(),
-            expires_at: cur.timestamp + LEASE_SECS,
+            owner: owner.to_vec(),
+            expires_at: timestamp + LEASE_SECS,
         })
     }
 }

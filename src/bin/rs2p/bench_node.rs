@@ -33,6 +33,11 @@ pub struct BenchNodeArgs {
     /// Port to listen on (0 picks a free one; `ready` says which).
     #[arg(long, default_value_t = 0)]
     pub port: u16,
+    /// Tokio worker threads: 0 = the default multi-threaded runtime (one
+    /// worker per core, as `#[tokio::main]`), 1 = a current-thread runtime,
+    /// N = N workers. Also read from RS2P_BENCH_THREADS.
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
 }
 
 /// Microseconds since the Unix epoch.
@@ -113,11 +118,7 @@ fn subscribe(sync: &SyncSocket, state: &Arc<Mutex<State>>) {
             st.updates += 1;
             if let Some(p) = &st.trace {
                 if key.starts_with(p) {
-                    emit(
-                        "update",
-                        t,
-                        json!({ "key": String::from_utf8_lossy(&key) }),
-                    );
+                    emit("update", t, json!({ "key": String::from_utf8_lossy(&key) }));
                 }
             }
             if st.watch.is_some() {
@@ -330,7 +331,11 @@ async fn main_loop(args: BenchNodeArgs) -> ExitCode {
         let cmd: Json = match serde_json::from_str(line) {
             Ok(c) => c,
             Err(e) => {
-                emit("error", now_us(), json!({ "error": format!("bad JSON: {e}") }));
+                emit(
+                    "error",
+                    now_us(),
+                    json!({ "error": format!("bad JSON: {e}") }),
+                );
                 continue;
             }
         };
@@ -354,5 +359,32 @@ async fn main_loop(args: BenchNodeArgs) -> ExitCode {
 
 /// Runs `rs2p bench-node`.
 pub fn run(rt: &Runtime, args: BenchNodeArgs) -> ExitCode {
-    rt.block_on(main_loop(args))
+    let threads = if args.threads == 0 {
+        std::env::var("RS2P_BENCH_THREADS")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    } else {
+        args.threads
+    };
+    let own = match threads {
+        0 => None,
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build()
+            .ok(),
+    };
+    match own {
+        Some(own) => {
+            let code = own.block_on(main_loop(args));
+            own.shutdown_background();
+            code
+        }
+        None => rt.block_on(main_loop(args)),
+    }
 }

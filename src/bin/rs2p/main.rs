@@ -10,6 +10,8 @@ use std::str::FromStr;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
+mod bench;
+mod bench_node;
 mod demo;
 mod json;
 mod node;
@@ -51,6 +53,16 @@ enum Command {
     /// agree (20 s at most), then shows a write refused because another
     /// node holds the key's lease. Exits 1 when the views do not converge.
     Demo(DemoArgs),
+    /// Measure rs2p beside py2p and js2p (one process per node) and write
+    /// the table to docs/benchmarks.md and docs/benchmarks.json.
+    ///
+    /// The references are the ones installed by scripts/setup-peers.sh.
+    /// Build with --release: `cargo run --release -- bench`.
+    Bench(bench::BenchArgs),
+    /// One node driven by `rs2p bench` through JSON lines (see
+    /// docs/benchmarks.md).
+    #[command(hide = true)]
+    BenchNode(bench_node::BenchNodeArgs),
 }
 
 /// The long help's appendix of `rs2p node`: the JSON interface in short.
@@ -239,6 +251,8 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Node(args) => node::run(&rt, args),
         Command::Demo(args) => rt.block_on(demo::run(args)),
+        Command::Bench(args) => bench::run(&rt, args),
+        Command::BenchNode(args) => bench_node::run(&rt, args),
     };
     // Threads blocked on stdin or the terminal must not hold the exit.
     rt.shutdown_background();
