@@ -3,9 +3,8 @@
 # ignored .peers/ folder) and runs every test, lint and doc check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ -x scripts/setup-peers.sh ]; then
-  scripts/setup-peers.sh
-fi
+scripts/setup-peers.sh
+scripts/setup-browser.sh
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 RUSTDOCFLAGS=-Dwarnings cargo doc --locked --no-deps --quiet

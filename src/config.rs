@@ -21,8 +21,10 @@ pub enum Transport {
     /// eavesdropping (no peer is authenticated, see [`TlsVerify`]).
     Ssl,
     /// WebSocket (`ws`), as js2p and browsers speak it: the node's port
-    /// accepts WebSocket upgrades and peers are dialed at `ws://host:port/`.
-    /// No encryption, no authentication. py2p has no ws transport.
+    /// accepts WebSocket upgrades (any path, `Host` and `Origin`, so a page
+    /// from any site a local user visits could connect) and peers are
+    /// dialed at `ws://host:port/`. No encryption, no authentication. py2p
+    /// has no ws transport. See [`web`](crate::web) for a browser page.
     Ws,
 }
 
@@ -54,7 +56,9 @@ pub struct MeshConfig {
     pub subnet: String,
     /// The transport.
     pub transport: Transport,
-    /// TLS certificate and peer checking, used with [`Transport::Ssl`].
+    /// TLS certificate and peer checking, used with [`Transport::Ssl`]. The
+    /// default, like py2p and js2p, authenticates no peer: it only protects
+    /// against passive eavesdropping (see [`TlsVerify`]).
     pub tls: TlsConfig,
     /// Outgoing connections opened from peers lists (default 4).
     pub max_outgoing: usize,

@@ -605,7 +605,7 @@ fn demo_converges_and_shows_the_lease() {
         {
             let row: Vec<&str> = out[conv + 2 + i].split_whitespace().collect();
             let mut want = vec![key];
-            want.extend(std::iter::repeat(value).take(n));
+            want.extend(std::iter::repeat_n(value, n));
             assert_eq!(row, want, "{text}");
         }
         let refused = out
@@ -711,7 +711,7 @@ fn help_and_usage_errors() {
     assert_eq!(code, Some(0));
     assert!(out.contains("--nodes"), "{out}");
     for bad in [
-        &["node", "--transport", "ssl"][..],
+        &["node", "--transport", "quic"][..],
         &["node", "--listen", "nowhere"],
         &["node", "--connect", "no-port"],
         &["demo", "--nodes", "1"],

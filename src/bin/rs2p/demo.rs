@@ -144,7 +144,7 @@ async fn demo(nodes: &[SyncSocket]) -> Result<(), String> {
                 DEADLINE.as_secs()
             ));
         }
-        if last_table.map_or(true, |t| t.elapsed() >= TABLE_EVERY) {
+        if last_table.is_none_or(|t| t.elapsed() >= TABLE_EVERY) {
             println!("waiting ({} ms):", start.elapsed().as_millis());
             print_table(nodes, &expected);
             last_table = Some(Instant::now());
