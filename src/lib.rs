@@ -64,7 +64,17 @@
 //!   (0x2f) to the compression list of its handshake so rs2p nodes know each
 //!   other (the references intersect that list with what they know);
 //! - sends small frames (under 512 bytes) uncompressed to other rs2p nodes;
-//! - can keep its dictionary and id on disk ([`SyncConfig::data_dir`]).
+//! - can keep its dictionary and id on disk ([`SyncConfig::data_dir`]);
+//! - over TLS ("SSL"), accepts any certificate by default and does not check
+//!   the handshake signature either ([`config::TlsVerify::AcceptAny`]): that
+//!   is what talking to js2p (RSA-1024, SHA-1) needs, and what the
+//!   references do. TLS then only protects against passive eavesdropping.
+//!   Between rs2p nodes, [`config::TlsVerify::Pinned`] authenticates both
+//!   ends by certificate fingerprint;
+//! - over WebSocket ("ws"), accepts any `Origin` (browsers may join from any
+//!   page), splits messages over 1 MiB (js2p's library closes on messages
+//!   over 2 MiB), and sends its handshake first on both sides (js2p's
+//!   listener waits for the dialer's).
 #![warn(missing_docs)]
 
 pub mod config;

@@ -49,20 +49,6 @@ impl<W: AsyncWrite + Send + Unpin> FrameWrite for StreamWrite<W> {
     }
 }
 
-/// Splits any byte stream into an [`Io`] (for TLS streams).
-#[allow(dead_code)]
-pub(crate) fn stream_io<S>(stream: S, peer: SocketAddr) -> Io
-where
-    S: AsyncRead + AsyncWrite + Send + 'static,
-{
-    let (r, w) = tokio::io::split(stream);
-    Io {
-        read: Box::new(r),
-        write: Box::new(StreamWrite(w)),
-        peer,
-    }
-}
-
 /// Plain TCP (`Plaintext`).
 pub(crate) struct Plain;
 

@@ -71,6 +71,14 @@ pub struct BenchArgs {
     /// each set crosses an idle mesh).
     #[arg(long, value_name = "MS")]
     pub spacing_ms: Option<u64>,
+    /// Throughput scenario: keys written by rs2p (default 10,000) and by
+    /// the references (default 3,000), as `K` or `K_RS2P,K_REFERENCES`.
+    #[arg(long, value_delimiter = ',', value_name = "K")]
+    pub keys: Vec<usize>,
+    /// Join scenario: key counts for rs2p (default 10,000 and 100,000); the
+    /// references join 10,000 (2,000 with --quick).
+    #[arg(long, value_delimiter = ',', value_name = "M")]
+    pub join_keys: Vec<usize>,
 }
 
 // ------------------------------------------------------------------ impls
@@ -1788,6 +1796,20 @@ async fn bench(args: BenchArgs) -> ExitCode {
     }
     if !args.nodes.is_empty() {
         plan.lat_sizes = args.nodes.iter().map(|&n| n.clamp(2, 64)).collect();
+    }
+    match args.keys.as_slice() {
+        [] => {}
+        [k] => {
+            plan.tp_keys = *k;
+            plan.tp_keys_ref = *k;
+        }
+        [k, r, ..] => {
+            plan.tp_keys = *k;
+            plan.tp_keys_ref = *r;
+        }
+    }
+    if !args.join_keys.is_empty() {
+        plan.join_sizes = args.join_keys.clone();
     }
     if let Some(ms) = args.spacing_ms {
         plan.lat_spacing_ms = ms;
