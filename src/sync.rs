@@ -497,6 +497,16 @@ impl Service for SyncService {
     }
 }
 
+/// The time and metadata of a write made here, now.
+fn local_meta(ctx: &Ctx<'_>) -> (i64, Meta) {
+    let now = ctx.now();
+    let meta = Meta {
+        owner: ctx.my_id().to_vec(),
+        timestamp: now,
+    };
+    (now, meta)
+}
+
 fn key_text(key: &[u8]) -> String {
     String::from_utf8_lossy(key).into_owned()
 }
@@ -712,11 +722,7 @@ impl SyncSocket {
         let seq = self
             .mesh
             .run_in_actor(move |ctx| {
-                let now = ctx.now();
-                let meta = Meta {
-                    owner: ctx.my_id().to_vec(),
-                    timestamp: now,
-                };
+                let (now, meta) = local_meta(ctx);
                 let seq = shared
                     .apply(&key, value.clone(), meta, WriteKind::Store, now)
                     .map_err(|r| lease_error(&key, r))?;
@@ -805,11 +811,7 @@ impl SyncSocket {
         let seq = self
             .mesh
             .run_in_actor(move |ctx| {
-                let now = ctx.now();
-                let meta = Meta {
-                    owner: ctx.my_id().to_vec(),
-                    timestamp: now,
-                };
+                let (now, meta) = local_meta(ctx);
                 let merged = {
                     let st = shared.lock();
                     merge_delta(st.map.get(key.as_slice()).map(|e| &e.value), &entries)

@@ -144,6 +144,22 @@ struct Conn {
 const RS2P_COMPRESS_MIN: usize = 512;
 
 impl Conn {
+    /// Takes the peer's compression list: we send with the first of our
+    /// methods it lists, and try its methods we know, in its order, on what
+    /// we receive (PROTOCOL.md §5.2).
+    fn set_peer_methods(&mut self, methods: Vec<i64>, ours: &[Compression]) {
+        self.send_method = ours
+            .iter()
+            .copied()
+            .find(|m| methods.contains(&i64::from(m.flag())));
+        self.recv_methods = methods
+            .iter()
+            .filter_map(|f| Compression::from_flag(*f))
+            .filter(|m| ours.contains(m))
+            .collect();
+        self.peer_methods = methods;
+    }
+
     fn method_for(&self, len: usize) -> Option<Compression> {
         if self.kind == PeerKind::Rs && len < RS2P_COMPRESS_MIN {
             None
@@ -968,18 +984,7 @@ impl Core {
             c.peer_id = Some(peer_id.clone());
             c.peer_addr = peer_addr;
             c.kind = kind;
-            c.send_method = self
-                .cfg
-                .compression
-                .iter()
-                .copied()
-                .find(|m| peer_methods.contains(&i64::from(m.flag())));
-            c.recv_methods = peer_methods
-                .iter()
-                .filter_map(|f| Compression::from_flag(*f))
-                .filter(|m| self.cfg.compression.contains(m))
-                .collect();
-            c.peer_methods = peer_methods;
+            c.set_peer_methods(peer_methods, &self.cfg.compression);
             first
         };
         if !first {
@@ -1149,18 +1154,7 @@ impl Core {
                     return;
                 };
                 let changed = c.peer_methods != given;
-                c.send_method = self
-                    .cfg
-                    .compression
-                    .iter()
-                    .copied()
-                    .find(|m| given.contains(&i64::from(m.flag())));
-                c.recv_methods = given
-                    .iter()
-                    .filter_map(|f| Compression::from_flag(*f))
-                    .filter(|m| self.cfg.compression.contains(m))
-                    .collect();
-                c.peer_methods = given.clone();
+                c.set_peer_methods(given.clone(), &self.cfg.compression);
                 if changed && c.kind != PeerKind::Js {
                     let ours: Vec<Value> = self
                         .cfg

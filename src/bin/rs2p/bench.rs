@@ -530,6 +530,8 @@ struct Shape {
     max_degree: usize,
     /// Hops from node 0 to the farthest node.
     hops_from_0: usize,
+    /// Peers of node 0.
+    degree_0: usize,
     settled: bool,
 }
 
@@ -635,6 +637,7 @@ fn shape(nodes: &[Node], lists: &[Vec<String>]) -> Option<Shape> {
         min_degree: adj.iter().map(|s| s.len()).min().unwrap_or(0),
         max_degree: adj.iter().map(|s| s.len()).max().unwrap_or(0),
         hops_from_0: dist.iter().copied().max().unwrap_or(0),
+        degree_0: adj[0].len(),
         settled: true,
     })
 }
@@ -678,10 +681,11 @@ async fn settle(nodes: &[Node], quiet: Duration, max: Duration) -> Result<Shape,
 
 fn shape_note(sh: &Shape) -> String {
     format!(
-        "mesh: {} links, degree {}-{}, {} hop(s) from node 0 to the farthest{}",
+        "mesh: {} links, degree {}-{} (node 0: {}), {} hop(s) from node 0 to the farthest{}",
         sh.links,
         sh.min_degree,
         sh.max_degree,
+        sh.degree_0,
         sh.hops_from_0,
         if sh.settled {
             ""
@@ -1953,7 +1957,8 @@ async fn bench(args: BenchArgs) -> ExitCode {
                 };
                 match &res {
                     Ok(o) => eprintln!(
-                        "{}",
+                        "{}{}",
+                        o.info.iter().map(|i| format!("[{i}] ")).collect::<String>(),
                         o.figures
                             .iter()
                             .map(|(k, v)| format!(
