@@ -369,8 +369,10 @@ async fn run(
                 // The actor holds a sender, so the channel never ends.
                 let Some(ev) = ev else { break };
                 match ev {
-                    ConnEvent::Frame { conn, body } => {
-                        core.frame(conn, body, &mut services, &mut handlers);
+                    ConnEvent::Frames { conn, bodies } => {
+                        for body in bodies {
+                            core.frame(conn, body, &mut services, &mut handlers);
+                        }
                         pumping = true;
                     }
                     ConnEvent::Closed { conn, reason } => core.drop_conn(conn, &reason),
@@ -825,6 +827,18 @@ impl Core {
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
+        // Most broadcasts arrive several times (every neighbour relays
+        // them). An uncompressed one whose id we already hold is dropped
+        // before hashing and parsing it; a forged id only loses the
+        // forger's own frame.
+        if body.len() > 33 && matches!(body[32], 0x90..=0x9f | 0xdc) && body[33] == main::BROADCAST
+        {
+            let mut id = [0u8; 32];
+            id.copy_from_slice(&body[..32]);
+            if self.seen.contains(&id) {
+                return;
+            }
+        }
         let packed = match Packed::from_body(body, &c.recv_methods, &self.cfg.limits) {
             Ok(p) => p,
             Err(e) => {

@@ -19,8 +19,8 @@ pub(crate) type ConnId = u64;
 
 /// What connection tasks report to the actor.
 pub(crate) enum ConnEvent {
-    /// A complete frame body arrived.
-    Frame { conn: ConnId, body: Bytes },
+    /// Complete frame bodies arrived (all those one read completed).
+    Frames { conn: ConnId, bodies: Vec<Bytes> },
     /// The connection ended (end of stream, error, limit).
     Closed { conn: ConnId, reason: String },
 }
@@ -160,16 +160,24 @@ async fn read_loop(
 ) -> String {
     let mut buf = BytesMut::with_capacity(16 * 1024);
     loop {
-        loop {
+        let mut bodies = Vec::new();
+        let error = loop {
             match next_frame(&mut buf, limits) {
-                Ok(Some(body)) => {
-                    if events.send(ConnEvent::Frame { conn, body }).await.is_err() {
-                        return "node closed".into();
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => return e.to_string(),
+                Ok(Some(body)) => bodies.push(body),
+                Ok(None) => break None,
+                Err(e) => break Some(e.to_string()),
             }
+        };
+        if !bodies.is_empty()
+            && events
+                .send(ConnEvent::Frames { conn, bodies })
+                .await
+                .is_err()
+        {
+            return "node closed".into();
+        }
+        if let Some(e) = error {
+            return e;
         }
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(16 * 1024);
