@@ -120,6 +120,8 @@ struct Env {
     exe: PathBuf,
     logs: PathBuf,
     seq: AtomicU64,
+    /// Versions the adapters reported.
+    versions: std::sync::Mutex<BTreeMap<Impl, String>>,
 }
 
 impl Env {
@@ -348,6 +350,9 @@ impl Node {
             .and_then(|p| u16::try_from(p).ok())
             .ok_or("ready without a port")?;
         node.version = ready.str("version").unwrap_or("?").to_string();
+        if let Ok(mut v) = env.versions.lock() {
+            v.insert(imp, node.version.clone());
+        }
         Ok(node)
     }
 
@@ -402,6 +407,40 @@ impl Node {
         self.peers.borrow().1.clone()
     }
 
+    /// CPU time (ns, from schedstat) and context switches (voluntary and
+    /// not) of all the process' threads so far.
+    fn sched(&self) -> (u64, u64) {
+        let mut ns = 0u64;
+        let mut cs = 0u64;
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid)) else {
+            return (0, 0);
+        };
+        for t in tasks.flatten() {
+            let dir = t.path();
+            if let Ok(s) = std::fs::read_to_string(dir.join("schedstat")) {
+                ns += s
+                    .split_whitespace()
+                    .next()
+                    .and_then(|x| x.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+            if let Ok(s) = std::fs::read_to_string(dir.join("status")) {
+                for l in s.lines() {
+                    if l.starts_with("voluntary_ctxt_switches:")
+                        || l.starts_with("nonvoluntary_ctxt_switches:")
+                    {
+                        cs += l
+                            .split_whitespace()
+                            .nth(1)
+                            .and_then(|x| x.parse::<u64>().ok())
+                            .unwrap_or(0);
+                    }
+                }
+            }
+        }
+        (ns, cs)
+    }
+
     /// VmHWM (peak resident set) and VmRSS of the process, in KiB.
     fn memory_kib(&self) -> (Option<u64>, Option<u64>) {
         let status =
@@ -415,6 +454,15 @@ impl Node {
         };
         (field("VmHWM:"), field("VmRSS:"))
     }
+}
+
+/// CPU time and context switches summed over the nodes (see
+/// [`Node::sched`]).
+fn sched_all(nodes: &[Node]) -> (u64, u64) {
+    nodes
+        .iter()
+        .map(Node::sched)
+        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
 }
 
 /// Asks every node to quit; kills those that do not exit within 5 s.
@@ -485,7 +533,7 @@ fn stats_notes(imp: Impl, stats: &[Ev]) -> Vec<String> {
         let last = stats
             .iter()
             .filter_map(|s| s.str("last_exception"))
-            .last()
+            .next_back()
             .map(short)
             .unwrap_or_default();
         notes.push(format!(
@@ -751,7 +799,11 @@ async fn progress_detail(nodes: &mut [Node], of: &[usize], target: usize) -> Str
         })
         .min()
         .unwrap_or(0);
-    let mut s = format!("slowest node had {slowest} of {target} keys");
+    let mut s = format!(
+        "slowest node had {} of {} keys",
+        fmt_int(slowest as f64),
+        fmt_int(target as f64)
+    );
     let all: Vec<Ev> = stats.into_iter().flatten().collect();
     let notes = stats_notes(imp, &all);
     if !notes.is_empty() {
@@ -775,6 +827,12 @@ async fn run_latency(env: &Env, imp: Impl, n: usize, plan: &Plan) -> RunResult {
         let sets = plan.lat_sets;
         let spacing = Duration::from_millis(plan.lat_spacing_ms);
         let mut t_set: HashMap<String, i64> = HashMap::new();
+        // Idle cost of the mesh (timers, polling), subtracted below.
+        let idle0 = sched_all(&nodes);
+        let idle_from = Instant::now();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let sched0 = sched_all(&nodes);
+        let idle_s = idle_from.elapsed().as_secs_f64();
         let t_begin = Instant::now();
         for j in 0..sets {
             tokio::time::sleep_until((t_begin + spacing * j as u32).into()).await;
@@ -793,17 +851,18 @@ async fn run_latency(env: &Env, imp: Impl, n: usize, plan: &Plan) -> RunResult {
         let mut got: HashMap<String, usize> = HashMap::new();
         let mut incomplete = 0usize;
         for node in nodes.iter_mut().skip(1) {
-            let mut seen = 0usize;
-            while seen < sets {
+            // The first time this node held each key (a reference may report
+            // a key twice).
+            let mut first: HashMap<String, i64> = HashMap::new();
+            while first.len() < sets {
                 match node.expect("update", collect_until).await {
                     Ok(ev) => {
                         let Some(key) = ev.str("key").map(str::to_owned) else {
                             continue;
                         };
-                        let e = latest.entry(key.clone()).or_insert(ev.t);
-                        *e = (*e).max(ev.t);
-                        *got.entry(key).or_default() += 1;
-                        seen += 1;
+                        if t_set.contains_key(&key) {
+                            first.entry(key).or_insert(ev.t);
+                        }
                     }
                     Err(WaitErr::Timeout(_)) => {
                         incomplete += 1;
@@ -812,7 +871,16 @@ async fn run_latency(env: &Env, imp: Impl, n: usize, plan: &Plan) -> RunResult {
                     Err(WaitErr::Fail(s)) => return Err(s),
                 }
             }
+            for (key, t) in first {
+                let e = latest.entry(key.clone()).or_insert(t);
+                *e = (*e).max(t);
+                *got.entry(key).or_default() += 1;
+            }
         }
+        let sched1 = sched_all(&nodes);
+        let busy_s = t_begin.elapsed().as_secs_f64();
+        let idle_ns = (sched0.0 - idle0.0) as f64 / idle_s * busy_s;
+        let idle_cs = (sched0.1 - idle0.1) as f64 / idle_s * busy_s;
         let mut lat: Vec<f64> = Vec::with_capacity(sets);
         let mut lost = 0usize;
         for (key, t0) in &t_set {
@@ -851,6 +919,18 @@ async fn run_latency(env: &Env, imp: Impl, n: usize, plan: &Plan) -> RunResult {
         out.figures.insert("p50_ms", p50);
         out.figures.insert("p99_ms", p99);
         out.figures.insert("lost", lost as f64);
+        out.figures.insert(
+            "cpu_ms_per_set",
+            ((sched1.0 - sched0.0) as f64 - idle_ns).max(0.0) / 1e6 / sets as f64,
+        );
+        out.figures.insert(
+            "ctx_switches_per_set",
+            ((sched1.1 - sched0.1) as f64 - idle_cs).max(0.0) / sets as f64,
+        );
+        out.figures.insert(
+            "idle_cpu_ms_per_s",
+            (sched0.0 - idle0.0) as f64 / 1e6 / idle_s,
+        );
         Ok(out)
     }
     .await;
@@ -872,6 +952,7 @@ async fn run_throughput(env: &Env, imp: Impl, keys: usize, plan: &Plan) -> RunRe
                 .await
                 .map_err(|e| e.to_string())?;
         }
+        let sched0 = sched_all(&nodes);
         let deadline = Instant::now() + limit;
         nodes[0]
             .send(json!({ "cmd": "burst", "prefix": "T", "count": keys, "size": plan.tp_value }));
@@ -913,6 +994,15 @@ async fn run_throughput(env: &Env, imp: Impl, keys: usize, plan: &Plan) -> RunRe
                 done.str("first_error").unwrap_or("?")
             ));
         }
+        let sched1 = sched_all(&nodes);
+        out.figures.insert(
+            "cpu_ms_per_1000_sets",
+            (sched1.0 - sched0.0) as f64 / 1e6 / keys as f64 * 1000.0,
+        );
+        out.figures.insert(
+            "ctx_switches_per_set",
+            (sched1.1 - sched0.1) as f64 / keys as f64,
+        );
         let local = secs(done.t - t0);
         let conv = secs(last - t0);
         out.figures.insert("local_rate", keys as f64 / local);
@@ -972,7 +1062,11 @@ async fn run_join(env: &Env, imp: Impl, m: usize, plan: &Plan) -> RunResult {
                         .await
                         .ok();
                     let held = st.as_ref().and_then(|s| s.u64("keys")).unwrap_or(held);
-                    let mut why = format!("the new node had {held} of {m} keys");
+                    let mut why = format!(
+                        "the new node had {} of {} keys",
+                        fmt_int(held as f64),
+                        fmt_int(m as f64)
+                    );
                     if let Some(n) = st
                         .map(|s| stats_notes(imp, &[s]))
                         .and_then(|v| v.into_iter().next())
@@ -1133,12 +1227,12 @@ async fn run_wire(env: &Env, imp: Impl, plan: &Plan) -> RunResult {
             .expect("ack", deadline)
             .await
             .map_err(|e| e.to_string())?;
+        // Paced (one set every 2 ms), so that this counts bytes rather than
+        // testing py2p's reader under load (PROTOCOL.md §11 Q5).
         for j in 0..sets {
             nodes[0].send(
                 json!({ "cmd": "set", "key": format!("k{j:03}"), "value": format!("v{j:07}") }),
             );
-        }
-        for _ in 0..sets {
             nodes[0]
                 .expect("set", deadline)
                 .await
@@ -1146,6 +1240,7 @@ async fn run_wire(env: &Env, imp: Impl, plan: &Plan) -> RunResult {
                     WaitErr::Timeout(_) => dnf(limit, "node A was still setting"),
                     WaitErr::Fail(s) => s,
                 })?;
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
         match nodes[1].expect("count", deadline).await {
             Ok(_) => {}
@@ -1234,7 +1329,7 @@ impl Plan {
             tp_keys: 2_000,
             tp_keys_ref: 500,
             tp_limit: Duration::from_secs(60),
-            join_sizes: vec![10_000],
+            join_sizes: vec![2_000, 10_000],
             join_size_ref: 2_000,
             join_limit: Duration::from_secs(30),
             load_limit: Duration::from_secs(60),
@@ -1424,8 +1519,12 @@ fn cell(row: &RowSpec, m: Option<&Measured>, imp: Impl, plan: &Plan) -> CellOut 
     };
     if vals.is_empty() {
         let why = fails.first().map(|s| s.as_str()).unwrap_or("no figure");
+        let short = shorten(why);
+        if short != why {
+            notes.push(format!("{}: {why}", imp.name()));
+        }
         return CellOut {
-            text: format!("{why}{size_suffix}"),
+            text: format!("{short}{size_suffix}"),
             median: None,
             status: "dnf",
             size: Some(m.size),
@@ -1449,6 +1548,39 @@ fn cell(row: &RowSpec, m: Option<&Measured>, imp: Impl, plan: &Plan) -> CellOut 
         runs: vals,
         notes,
     }
+}
+
+/// What a failure comes from, when it is a known reference bug.
+fn cause_of(text: &str) -> Option<&'static str> {
+    if text.contains("Real message size 4 !=") {
+        Some("link dropped by py2p's framing bug, PROTOCOL.md §11 Q5")
+    } else if text.contains("Checksum failed") {
+        Some("py2p lost its place in the stream (checksum failed)")
+    } else {
+        None
+    }
+}
+
+/// The first clause of a failure, with its known cause; the whole text
+/// goes to a footnote.
+fn shorten(full: &str) -> String {
+    let mut s = match full.find("; ") {
+        Some(i) => full[..i].to_string(),
+        None => full.to_string(),
+    };
+    let open = s.matches('(').count();
+    let close = s.matches(')').count();
+    if let Some(c) = cause_of(full) {
+        if open > close {
+            let _ = write!(s, "; {c}");
+        } else {
+            let _ = write!(s, " ({c})");
+        }
+    }
+    for _ in close..open {
+        s.push(')');
+    }
+    s
 }
 
 fn rows(plan: &Plan) -> Vec<RowSpec> {
@@ -1815,6 +1947,12 @@ async fn bench(args: BenchArgs) -> ExitCode {
     if !args.join_keys.is_empty() {
         plan.join_sizes = args.join_keys.clone();
     }
+    // rs2p always joins the references' size too, so that row has a ratio.
+    if !plan.join_sizes.contains(&plan.join_size_ref) {
+        plan.join_sizes.push(plan.join_size_ref);
+    }
+    plan.join_sizes.sort_unstable();
+    plan.join_sizes.dedup();
     if let Some(ms) = args.spacing_ms {
         plan.lat_spacing_ms = ms;
     }
@@ -1862,6 +2000,7 @@ async fn bench(args: BenchArgs) -> ExitCode {
         exe,
         logs,
         seq: AtomicU64::new(0),
+        versions: std::sync::Mutex::new(BTreeMap::new()),
     };
     if cfg!(debug_assertions) {
         eprintln!("rs2p bench: WARNING: this is a debug build; use `cargo run --release -- bench`");
@@ -1902,12 +2041,6 @@ async fn bench(args: BenchArgs) -> ExitCode {
                     continue;
                 }
                 jobs.push(("join", m, i, m));
-            }
-        }
-        // References at their reduced size, when rs2p's sizes lack it.
-        if !plan.join_sizes.contains(&plan.join_size_ref) {
-            for &i in impls.iter().filter(|i| i.is_ref()) {
-                jobs.push(("join", plan.join_size_ref, i, plan.join_size_ref));
             }
         }
     }
@@ -2099,9 +2232,22 @@ async fn bench(args: BenchArgs) -> ExitCode {
     }
 
     let cmdline = {
-        let mut a: Vec<String> = std::env::args().collect();
-        if let Some(first) = a.first_mut() {
-            *first = "rs2p".into();
+        // Options that only say where things are do not change results.
+        let mut a: Vec<String> = vec!["rs2p".into()];
+        let mut skip = false;
+        for arg in std::env::args().skip(1) {
+            if skip {
+                skip = false;
+                continue;
+            }
+            match arg.as_str() {
+                "--root" | "--logs" | "--out" => skip = true,
+                "--no-write" => {}
+                a2 if a2.starts_with("--root=")
+                    || a2.starts_with("--logs=")
+                    || a2.starts_with("--out=") => {}
+                _ => a.push(arg),
+            }
         }
         a.join(" ")
     };
@@ -2148,10 +2294,18 @@ async fn bench(args: BenchArgs) -> ExitCode {
         "- Implementations: {}; one process per node, all on loopback (127.0.0.1), plaintext TCP, leasing on, each implementation's default compression.\n",
         impls
             .iter()
-            .map(|i| match i {
-                Impl::Rs2p => "rs2p (`rs2p bench-node`)".to_string(),
-                Impl::Py2p => "py2p 0.7.878 (`bench/py2p_adapter.py`)".to_string(),
-                Impl::Js2p => "js2p 0.7.870 (`bench/js2p_adapter.js`)".to_string(),
+            .map(|i| {
+                let v = env
+                    .versions
+                    .lock()
+                    .ok()
+                    .and_then(|v| v.get(i).cloned())
+                    .unwrap_or_else(|| "?".into());
+                match i {
+                    Impl::Rs2p => format!("rs2p {v} (`rs2p bench-node`)"),
+                    Impl::Py2p => format!("py2p {v} (`bench/py2p_adapter.py`)"),
+                    Impl::Js2p => format!("js2p {v} (`bench/js2p_adapter.js`)"),
+                }
             })
             .collect::<Vec<_>>()
             .join(", ")

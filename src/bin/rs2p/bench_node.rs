@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
-use rs2p::{SyncConfig, SyncEvent, SyncSocket, Value};
+use rs2p::{MeshEvent, SyncConfig, SyncEvent, SyncSocket, Value};
 use serde_json::{json, Value as Json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::runtime::Runtime;
@@ -66,6 +66,10 @@ struct Watch {
     target: usize,
     step: usize,
     next: usize,
+    /// Look at the dictionary's length again once `State::updates` reaches
+    /// this: each update adds at most one key, so the next mark cannot be
+    /// reached earlier (keeps the per-update cost to a comparison).
+    check_at: u64,
 }
 
 #[derive(Default)]
@@ -77,10 +81,13 @@ struct State {
     updates: u64,
     /// True once the event task runs.
     subscribed: bool,
+    /// True while the watch fallback task runs.
+    fallback: bool,
 }
 
 /// Reports progress of the watch, if any, given `n` keys held at `t`.
 fn check_watch(st: &mut State, n: usize, t: i64) {
+    let updates = st.updates;
     let Some(w) = st.watch.as_mut() else { return };
     if n >= w.target {
         emit("count", t, json!({ "n": n }));
@@ -93,6 +100,7 @@ fn check_watch(st: &mut State, n: usize, t: i64) {
             w.next += w.step;
         }
     }
+    w.check_at = updates + (w.next.min(w.target) - n) as u64;
 }
 
 /// Starts the task that looks at update events (once; on the first
@@ -113,15 +121,16 @@ fn subscribe(sync: &SyncSocket, state: &Arc<Mutex<State>>) {
             let SyncEvent::Update { key, .. } = ev else {
                 continue;
             };
-            let t = now_us();
             let mut st = state.lock().unwrap();
             st.updates += 1;
             if let Some(p) = &st.trace {
                 if key.starts_with(p) {
+                    let t = now_us();
                     emit("update", t, json!({ "key": String::from_utf8_lossy(&key) }));
                 }
             }
-            if st.watch.is_some() {
+            if st.watch.as_ref().is_some_and(|w| st.updates >= w.check_at) {
+                let t = now_us();
                 let n = sync.len();
                 check_watch(&mut st, n, t);
             }
@@ -129,17 +138,15 @@ fn subscribe(sync: &SyncSocket, state: &Arc<Mutex<State>>) {
     });
 }
 
-/// Reports the peer list whenever it changes (checked every 20 ms); the
-/// same loop re-checks the watch, in case update events were missed.
-fn spawn_peers_loop(sync: &SyncSocket, state: &Arc<Mutex<State>>) {
+/// Reports the peer list whenever it changes: re-read after each peer
+/// event of the node (at most every 20 ms) and once a second in case one
+/// was missed, so a quiet node costs nothing.
+fn spawn_peers_loop(sync: &SyncSocket) {
     let sync = sync.clone();
-    let state = state.clone();
     tokio::spawn(async move {
+        let mut events = sync.mesh().events();
         let mut last: Option<Vec<String>> = None;
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
             let Ok(peers) = sync.mesh().peers().await else {
                 return;
             };
@@ -156,11 +163,45 @@ fn spawn_peers_loop(sync: &SyncSocket, state: &Arc<Mutex<State>>) {
                 emit("peers", t, json!({ "n": addrs.len(), "peers": addrs }));
                 last = Some(addrs);
             }
-            let mut st = state.lock().unwrap();
-            if st.watch.is_some() {
-                let n = sync.len();
-                check_watch(&mut st, n, now_us());
+            let timeout = tokio::time::sleep(Duration::from_secs(1));
+            tokio::pin!(timeout);
+            loop {
+                tokio::select! {
+                    ev = events.next() => match ev {
+                        None => return,
+                        Some(MeshEvent::Message(_)) => continue,
+                        Some(_) => break,
+                    },
+                    () = &mut timeout => break,
+                }
             }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+}
+
+/// While a watch is active, re-checks it every 100 ms, in case the update
+/// event that reached the target was missed.
+fn spawn_watch_fallback(sync: &SyncSocket, state: &Arc<Mutex<State>>) {
+    {
+        let mut st = state.lock().unwrap();
+        if st.fallback {
+            return;
+        }
+        st.fallback = true;
+    }
+    let sync = sync.clone();
+    let state = state.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let mut st = state.lock().unwrap();
+            if st.watch.is_none() {
+                st.fallback = false;
+                return;
+            }
+            let n = sync.len();
+            check_watch(&mut st, n, now_us());
         }
     });
 }
@@ -207,10 +248,16 @@ async fn handle(sync: &SyncSocket, state: &Arc<Mutex<State>>, cmd: &Json) -> Res
                 target,
                 step,
                 next: step,
+                check_at: 0,
             });
             emit("ack", now_us(), json!({ "cmd": "watch" }));
             let n = sync.len();
             check_watch(&mut st, n, now_us());
+            let watching = st.watch.is_some();
+            drop(st);
+            if watching {
+                spawn_watch_fallback(sync, state);
+            }
         }
         "set" => {
             let key = field_str(cmd, "key")?;
@@ -288,10 +335,17 @@ async fn main_loop(args: BenchNodeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let cfg = SyncConfig::new(bind)
+    let mut cfg = SyncConfig::new(bind)
         .with_subnet("sync")
         .with_leasing(true)
         .with_transport(rs2p::Transport::Plaintext);
+    // Experiments only (not used by `rs2p bench`): a cap on connections.
+    if let Some(n) = std::env::var("RS2P_BENCH_MAX_CONNECTIONS")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+    {
+        cfg.mesh.max_connections = n.max(1);
+    }
     let sync = match SyncSocket::bind(cfg).await {
         Ok(s) => s,
         Err(e) => {
@@ -312,7 +366,7 @@ async fn main_loop(args: BenchNodeArgs) -> ExitCode {
         }),
     );
     let state = Arc::new(Mutex::new(State::default()));
-    spawn_peers_loop(&sync, &state);
+    spawn_peers_loop(&sync);
 
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     loop {
@@ -357,6 +411,21 @@ async fn main_loop(args: BenchNodeArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Runs the node on `rt`: the command loop is a task on the runtime, as
+/// server code would run it (with `RS2P_BENCH_BLOCK_ON` set, it runs on the
+/// calling thread under `block_on` instead, as a plain `#[tokio::main]`
+/// loop would; every awaited `set()` then crosses threads twice).
+fn run_on(rt: &Runtime, args: BenchNodeArgs) -> ExitCode {
+    if std::env::var_os("RS2P_BENCH_BLOCK_ON").is_some() {
+        return rt.block_on(main_loop(args));
+    }
+    rt.block_on(async {
+        tokio::spawn(main_loop(args))
+            .await
+            .unwrap_or(ExitCode::FAILURE)
+    })
+}
+
 /// Runs `rs2p bench-node`.
 pub fn run(rt: &Runtime, args: BenchNodeArgs) -> ExitCode {
     let threads = if args.threads == 0 {
@@ -381,10 +450,10 @@ pub fn run(rt: &Runtime, args: BenchNodeArgs) -> ExitCode {
     };
     match own {
         Some(own) => {
-            let code = own.block_on(main_loop(args));
+            let code = run_on(&own, args);
             own.shutdown_background();
             code
         }
-        None => rt.block_on(main_loop(args)),
+        None => run_on(rt, args),
     }
 }

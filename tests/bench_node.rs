@@ -1,0 +1,212 @@
+//! Functional test of `rs2p bench-node`, the adapter `rs2p bench` drives
+//! (the line protocol of docs/benchmarks.md): two processes, connect,
+//! trace/set/update, watch/count, burst, stats, errors, quit. No timing
+//! assertions; every wait has a deadline so a stuck child fails the test.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value as Json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_rs2p");
+const T: Duration = Duration::from_secs(20);
+
+struct Node {
+    name: &'static str,
+    child: Child,
+    stdin: ChildStdin,
+    lines: Receiver<String>,
+}
+
+impl Node {
+    fn start(name: &'static str) -> Node {
+        let mut child = Command::new(BIN)
+            .args(["bench-node", "--host", "127.0.0.1", "--port", "0"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name}: cannot start {BIN}: {e}"));
+        let stdout = child.stdout.take().unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(l) = line else { break };
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Node {
+            name,
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    fn send(&mut self, cmd: Json) {
+        writeln!(self.stdin, "{cmd}").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    /// The next event of `kind`; every line on stdout must be a JSON object
+    /// with `ev` and an integer `t`. Other kinds are skipped, except
+    /// `error`, which fails the test.
+    fn expect(&mut self, kind: &str) -> Json {
+        let deadline = Instant::now() + T;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match self.lines.recv_timeout(left) {
+                Ok(l) => l,
+                Err(RecvTimeoutError::Timeout) => panic!("{}: no `{kind}` within {T:?}", self.name),
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("{}: stdout closed while waiting for `{kind}`", self.name)
+                }
+            };
+            let j: Json = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("{}: stdout line is not JSON ({e}): {line}", self.name));
+            let ev = j["ev"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{}: no `ev`: {line}", self.name));
+            let t = j["t"]
+                .as_i64()
+                .unwrap_or_else(|| panic!("{}: no integer `t`: {line}", self.name));
+            assert!(
+                t > 1_500_000_000_000_000,
+                "{}: `t` is not µs since the epoch: {line}",
+                self.name
+            );
+            if ev == kind {
+                return j;
+            }
+            if ev == "error" && kind != "error" {
+                panic!(
+                    "{}: unexpected error while waiting for `{kind}`: {line}",
+                    self.name
+                );
+            }
+        }
+    }
+
+    fn quit(mut self) {
+        self.send(json!({ "cmd": "quit" }));
+        self.expect("bye");
+        let deadline = Instant::now() + T;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "{}: exit status {status}", self.name);
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: did not exit after quit",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64
+}
+
+#[test]
+fn bench_node_protocol() {
+    let mut a = Node::start("a");
+    let ready = a.expect("ready");
+    assert_eq!(ready["impl"], "rs2p");
+    assert!(ready["pid"].as_u64().is_some());
+    assert!(ready["version"].as_str().is_some());
+    assert_eq!(ready["host"], "127.0.0.1");
+    let port_a = ready["port"].as_u64().expect("ready.port");
+    assert!(port_a > 0);
+    let first_peers = a.expect("peers");
+    assert_eq!(first_peers["n"], 0);
+
+    let mut b = Node::start("b");
+    let port_b = b.expect("ready")["port"].as_u64().unwrap();
+    b.expect("peers");
+
+    // trace + watch before anything arrives; watch of 0 keys would count at
+    // once, 3 keys waits for x1 and the two burst keys.
+    b.send(json!({ "cmd": "trace", "prefix": "x" }));
+    assert_eq!(b.expect("ack")["cmd"], "trace");
+    b.send(json!({ "cmd": "watch", "count": 3 }));
+    assert_eq!(b.expect("ack")["cmd"], "watch");
+
+    let before = now_us();
+    b.send(json!({ "cmd": "connect", "host": "127.0.0.1", "port": port_a }));
+    let ack = b.expect("ack");
+    assert_eq!(ack["cmd"], "connect");
+    let t0 = ack["t0"].as_i64().expect("connect ack has t0");
+    assert!(t0 >= before && t0 <= ack["t"].as_i64().unwrap());
+
+    // Both sides report the other's listen address.
+    let pb = b.expect("peers");
+    assert_eq!(pb["n"], 1, "{pb}");
+    assert_eq!(pb["peers"][0], format!("127.0.0.1:{port_a}"));
+    let pa = a.expect("peers");
+    assert_eq!(pa["n"], 1, "{pa}");
+    assert_eq!(pa["peers"][0], format!("127.0.0.1:{port_b}"));
+
+    a.send(json!({ "cmd": "set", "key": "x1", "value": "hello" }));
+    let set = a.expect("set");
+    assert_eq!(set["key"], "x1");
+    assert!(set["t_end"].as_i64().unwrap() >= set["t"].as_i64().unwrap());
+    let up = b.expect("update");
+    assert_eq!(up["key"], "x1");
+    assert!(up["t"].as_i64().unwrap() >= set["t"].as_i64().unwrap());
+
+    a.send(json!({ "cmd": "burst", "prefix": "b-", "count": 2, "size": 16 }));
+    let done = a.expect("burst_done");
+    assert_eq!(done["count"], 2);
+    assert_eq!(done["errors"], 0);
+    assert!(done["first_error"].is_null());
+    assert!(done["t"].as_i64().unwrap() >= done["t0"].as_i64().unwrap());
+
+    let count = b.expect("count");
+    assert!(count["n"].as_u64().unwrap() >= 3, "{count}");
+
+    // A watch that is already satisfied answers at once.
+    b.send(json!({ "cmd": "watch", "count": 1 }));
+    b.expect("ack");
+    assert_eq!(b.expect("count")["n"], 3);
+
+    b.send(json!({ "cmd": "stats" }));
+    let st = b.expect("stats");
+    assert_eq!(st["keys"], 3, "{st}");
+    assert_eq!(st["peers"], 1, "{st}");
+    assert!(st["updates"].as_u64().unwrap() >= 3, "{st}");
+    assert_eq!(st["exceptions"], 0, "{st}");
+    assert!(st["expired"].as_u64().is_some(), "{st}");
+    a.send(json!({ "cmd": "stats" }));
+    assert_eq!(a.expect("stats")["keys"], 3);
+
+    // Failures are events, not exits.
+    a.send(json!({ "cmd": "no-such-command" }));
+    assert!(a.expect("error")["error"].as_str().is_some());
+    a.send(json!({ "cmd": "set", "key": "x2" }));
+    a.expect("error");
+    a.send(json!({ "cmd": "connect", "host": "127.0.0.1", "port": 1 }));
+    a.expect("error");
+    a.send(json!({ "cmd": "stats" }));
+    a.expect("stats");
+
+    b.quit();
+    a.quit();
+}
