@@ -1736,6 +1736,13 @@ fn civil(days: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "?".into())
+}
+
 fn utc_now() -> String {
     let s = now_us() / 1_000_000;
     let (y, m, d) = civil(s.div_euclid(86_400));
@@ -2018,6 +2025,7 @@ async fn bench(args: BenchArgs) -> ExitCode {
         env.logs.display()
     );
     let started = Instant::now();
+    let load_before = loadavg();
     let mut results: Vec<Measured> = Vec::new();
 
     // (scenario, key, size per impl)
@@ -2251,7 +2259,15 @@ async fn bench(args: BenchArgs) -> ExitCode {
         }
         a.join(" ")
     };
-    let mach = machine(&env);
+    let mut mach = machine(&env);
+    mach.insert(
+        "load",
+        format!(
+            "{} before, {} after (1/5/15-minute load averages; the harness' own nodes count too)",
+            load_before,
+            loadavg()
+        ),
+    );
     let elapsed = started.elapsed().as_secs_f64();
 
     println!();
@@ -2286,6 +2302,7 @@ async fn bench(args: BenchArgs) -> ExitCode {
         ("python", "Python (py2p)"),
         ("node", "Node (js2p)"),
         ("date", "Date"),
+        ("load", "Load"),
     ] {
         let _ = writeln!(md, "- {label}: {}", mach[k]);
     }
