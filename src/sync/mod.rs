@@ -1,5 +1,7 @@
 //! [`SyncSocket`]: a dictionary replicated to every node of the mesh.
 
+mod table;
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -22,6 +24,7 @@ use crate::store::{Store, Stored};
 use crate::value::Value;
 use crate::wire::flags::{main, sub};
 use crate::wire::{msgpack, Packed};
+use table::{Slot, Table};
 
 /// Events buffered per subscriber.
 const EVENT_CAPACITY: usize = 4096;
@@ -54,31 +57,12 @@ const MAX_TOMBSTONES: usize = 100_000;
 /// bring a deleted key back.
 const TOMBSTONE_SECS: i64 = 24 * 3600;
 
-/// A key's value and who wrote it (owner ids are shared between entries).
-#[derive(Clone, Debug)]
-struct Entry {
-    value: Value,
-    owner: Arc<[u8]>,
-    timestamp: i64,
-    /// When the owner's lease began (for partition healing).
-    since: i64,
-}
-
-impl Entry {
-    fn meta(&self) -> Meta {
-        Meta {
-            owner: self.owner.to_vec(),
-            timestamp: self.timestamp,
-        }
-    }
-}
-
 /// Owner ids seen last, shared by the entries they wrote.
 const OWNER_CACHE: usize = 16;
 
 #[derive(Default)]
 struct State {
-    map: IndexMap<Box<[u8]>, Entry>,
+    map: Table,
     owners: VecDeque<Arc<[u8]>>,
     /// Deleted keys: who deleted them, when, and since when they held the
     /// lease. Sent to rs2p peers so that a delete made during a partition
@@ -100,9 +84,8 @@ impl State {
         o
     }
 
-    fn entry(&mut self, value: Value, meta: &Meta, since: i64) -> Entry {
-        Entry {
-            value,
+    fn slot(&mut self, meta: &Meta, since: i64) -> Slot {
+        Slot {
             owner: self.owner(&meta.owner),
             timestamp: meta.timestamp,
             since,
@@ -113,7 +96,7 @@ impl State {
         if let Some(e) = self.map.get(key) {
             return Some(Version {
                 meta: e.meta(),
-                since: e.since,
+                since: e.slot().since,
                 deleted: false,
             });
         }
@@ -171,20 +154,20 @@ impl Shared {
         now: i64,
     ) -> Result<u64, Refused> {
         let mut st = self.lock();
-        let current = st.map.get(key);
+        let current = st.map.get(key).map(|e| e.slot());
         write_allowed(
-            current.map(|e| (&*e.owner, e.timestamp)),
+            current.map(|s| (&*s.owner, s.timestamp)),
             &meta,
             kind,
             self.leasing,
             now,
         )?;
         let since = match current {
-            Some(e) if *e.owner == *meta.owner => e.since,
+            Some(s) if *s.owner == *meta.owner => s.since,
             _ => meta.timestamp,
         };
         let change = if value.is_nil() && kind == WriteKind::Store {
-            if st.map.shift_remove(key).is_some() {
+            if st.map.remove(key) {
                 st.bury(key, meta.clone(), since, now);
                 Change::Deleted
             } else {
@@ -192,8 +175,8 @@ impl Shared {
             }
         } else {
             st.tombs.shift_remove(key);
-            let entry = st.entry(value.clone(), &meta, since);
-            st.map.insert(key.into(), entry);
+            let slot = st.slot(&meta, since);
+            st.map.insert(key, &value, slot);
             Change::Set
         };
         drop(st);
@@ -211,7 +194,7 @@ impl Shared {
                     && st.map.get(key).is_some_and(|e| {
                         // Two writes by one owner in one second: keep the
                         // larger encoding everywhere, so both ends agree.
-                        msgpack::encode(&value) > msgpack::encode(&e.value)
+                        msgpack::encode(&value).as_slice() > e.value_bytes()
                     }));
             if !wins {
                 return false;
@@ -222,7 +205,7 @@ impl Shared {
             return false;
         }
         let change = if version.deleted {
-            let had = st.map.shift_remove(key).is_some();
+            let had = st.map.remove(key);
             st.bury(key, version.meta.clone(), version.since, now);
             if had {
                 Change::Deleted
@@ -231,8 +214,8 @@ impl Shared {
             }
         } else {
             st.tombs.shift_remove(key);
-            let entry = st.entry(value.clone(), &version.meta, version.since);
-            st.map.insert(key.into(), entry);
+            let slot = st.slot(&version.meta, version.since);
+            st.map.insert(key, &value, slot);
             Change::Set
         };
         drop(st);
@@ -339,7 +322,7 @@ impl Service for SyncService {
         let rs2p = ctx.peer_kind(conn) == PeerKind::Rs;
         let keys: Vec<Box<[u8]>> = {
             let st = self.shared.lock();
-            let mut keys: Vec<Box<[u8]>> = st.map.keys().cloned().collect();
+            let mut keys: Vec<Box<[u8]>> = st.map.keys().map(Box::from).collect();
             if rs2p {
                 keys.extend(st.tombs.keys().cloned());
             }
@@ -376,12 +359,12 @@ impl Service for SyncService {
                         job.next += 1;
                         // Keys changed or deleted since the snapshot are sent
                         // as they are now (live broadcasts carry the rest).
-                        if let Some(e) = st.map.get(&**key) {
+                        if let Some(e) = st.map.get(key) {
                             items.push(transfer_payload(
                                 key,
-                                e.value.clone(),
+                                e.value(),
                                 &e.meta(),
-                                e.since,
+                                e.slot().since,
                                 job.rs2p,
                             ));
                         } else if job.rs2p {
@@ -427,7 +410,7 @@ impl Service for SyncService {
                     }
                     {
                         let st = self.shared.lock();
-                        if st.map.get(key).is_some_and(|e| e.value.is_truthy())
+                        if st.map.get(key).is_some_and(|e| e.value().is_truthy())
                             || st
                                 .tombs
                                 .get(key)
@@ -483,7 +466,7 @@ impl Service for SyncService {
                 };
                 let merged = {
                     let st = self.shared.lock();
-                    merge_delta(st.map.get(key).map(|e| &e.value), delta)
+                    merge_delta(st.map.get(key).map(|e| e.value()).as_ref(), delta)
                 };
                 if let Ok(merged) = merged {
                     let _ = self
@@ -568,8 +551,8 @@ impl SyncSocket {
             for (key, e) in entries {
                 match e.value {
                     Some(value) => {
-                        let entry = state.entry(value, &e.meta, e.since);
-                        state.map.insert(key.into(), entry);
+                        let slot = state.slot(&e.meta, e.since);
+                        state.map.insert(&key, &value, slot);
                     }
                     None => {
                         state.tombs.insert(key.into(), (e.meta, e.since));
@@ -621,11 +604,7 @@ impl SyncSocket {
 
     /// The value of a key.
     pub fn get(&self, key: impl AsRef<[u8]>) -> Option<Value> {
-        self.shared
-            .lock()
-            .map
-            .get(key.as_ref())
-            .map(|e| e.value.clone())
+        self.shared.lock().map.get(key.as_ref()).map(|e| e.value())
     }
 
     /// The value of a key, or `default`.
@@ -643,7 +622,7 @@ impl SyncSocket {
 
     /// Owner and timestamp of a key's current value.
     pub fn metadata(&self, key: impl AsRef<[u8]>) -> Option<Meta> {
-        self.shared.lock().map.get(key.as_ref()).map(Entry::meta)
+        self.shared.lock().map.get(key.as_ref()).map(|e| e.meta())
     }
 
     /// Number of keys.
@@ -663,19 +642,13 @@ impl SyncSocket {
 
     /// The keys, from a consistent snapshot.
     pub fn keys(&self) -> impl Iterator<Item = Vec<u8>> {
-        let keys: Vec<Vec<u8>> = self.shared.lock().map.keys().map(|k| k.to_vec()).collect();
+        let keys: Vec<Vec<u8>> = self.shared.lock().map.keys().map(<[u8]>::to_vec).collect();
         keys.into_iter()
     }
 
     /// The values, from a consistent snapshot.
     pub fn values(&self) -> impl Iterator<Item = Value> {
-        let v: Vec<Value> = self
-            .shared
-            .lock()
-            .map
-            .values()
-            .map(|e| e.value.clone())
-            .collect();
+        let v: Vec<Value> = self.shared.lock().map.iter().map(|e| e.value()).collect();
         v.into_iter()
     }
 
@@ -686,7 +659,7 @@ impl SyncSocket {
             .lock()
             .map
             .iter()
-            .map(|(k, e)| (k.to_vec(), e.value.clone()))
+            .map(|e| (e.key().to_vec(), e.value()))
             .collect();
         v.into_iter()
     }
@@ -697,7 +670,7 @@ impl SyncSocket {
             .lock()
             .map
             .iter()
-            .map(|(k, e)| (k.to_vec(), e.value.clone(), e.meta()))
+            .map(|e| (e.key().to_vec(), e.value(), e.meta()))
             .collect()
     }
 
@@ -786,7 +759,7 @@ impl SyncSocket {
             .lock()
             .map
             .last()
-            .map(|(k, e)| (k.to_vec(), e.value.clone()));
+            .map(|e| (e.key().to_vec(), e.value()));
         match last {
             None => Ok(None),
             Some((k, v)) => {
@@ -814,7 +787,10 @@ impl SyncSocket {
                 let (now, meta) = local_meta(ctx);
                 let merged = {
                     let st = shared.lock();
-                    merge_delta(st.map.get(key.as_slice()).map(|e| &e.value), &entries)
+                    merge_delta(
+                        st.map.get(key.as_slice()).map(|e| e.value()).as_ref(),
+                        &entries,
+                    )
                 }
                 .map_err(|found| Error::NotAMapping {
                     key: key_text(&key),
