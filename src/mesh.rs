@@ -65,6 +65,16 @@ pub struct NodeStats {
     pub last_error: Option<String>,
     /// Peers dropped because their send queue was full.
     pub slow_peers_dropped: u64,
+    /// Broadcasts received for the first time (not counting our own).
+    pub broadcasts_received: u64,
+    /// Broadcasts received again (every neighbour relays them), or our
+    /// own echoing back.
+    pub duplicate_broadcasts: u64,
+    /// Broadcast frames relayed to peers.
+    pub relays: u64,
+    /// Relays not sent because the rs2p peer the broadcast came from had
+    /// already sent it to that neighbour (see the crate docs).
+    pub relays_pruned: u64,
 }
 
 /// Something that happened to the node.

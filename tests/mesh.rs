@@ -205,3 +205,70 @@ async fn sixteen_node_chain_becomes_a_mesh_and_floods_once() {
         n.close().await;
     }
 }
+
+/// Three rs2p nodes in a triangle: each tells the others its neighbours, so
+/// what `a` broadcasts is not relayed between `b` and `c` (each knows that
+/// `a` sent it to the other), and nobody receives a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_skip_neighbours_of_the_rs2p_sender() {
+    let (a, b, c) = (mesh_node().await, mesh_node().await, mesh_node().await);
+    b.connect("127.0.0.1", a.local_addr().port()).await.unwrap();
+    c.connect("127.0.0.1", b.local_addr().port()).await.unwrap();
+    wait_until("full mesh", T, || async {
+        peer_count(&a).await == 2 && peer_count(&b).await == 2 && peer_count(&c).await == 2
+    })
+    .await;
+    for i in 0..20 {
+        a.send(vec![Value::from(i)]).await.unwrap();
+    }
+    for n in [&b, &c] {
+        for i in 0..20 {
+            let m = tokio::time::timeout(T, n.recv()).await.unwrap().unwrap();
+            assert_eq!(m.body(), &[Value::from(i)]);
+        }
+    }
+    // A later broadcast from b: anything relayed between b and c before it
+    // has arrived by the time c holds it.
+    b.send(vec![Value::from("marker")]).await.unwrap();
+    for n in [&a, &c] {
+        let m = tokio::time::timeout(T, n.recv()).await.unwrap().unwrap();
+        assert_eq!(m.body(), &[Value::from("marker")]);
+    }
+    let (sb, sc) = (b.stats().await.unwrap(), c.stats().await.unwrap());
+    assert_eq!(sb.duplicate_broadcasts + sc.duplicate_broadcasts, 0);
+    assert_eq!((sb.relays_pruned, sc.relays_pruned), (20, 21));
+    assert_eq!((sb.broadcasts_received, sc.broadcasts_received), (20, 21));
+    for n in [a, b, c] {
+        n.close().await;
+    }
+}
+
+/// When `a` loses `c`, it tells `b` before it sends anything else, so `b`
+/// relays `a`'s next broadcast to `c` again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_neighbour_is_relayed_to_again() {
+    let (a, b, c) = (mesh_node().await, mesh_node().await, mesh_node().await);
+    b.connect("127.0.0.1", a.local_addr().port()).await.unwrap();
+    c.connect("127.0.0.1", b.local_addr().port()).await.unwrap();
+    wait_until("full mesh", T, || async {
+        peer_count(&a).await == 2 && peer_count(&b).await == 2 && peer_count(&c).await == 2
+    })
+    .await;
+    a.block(c.id()).await.unwrap();
+    wait_until("a and c apart", T, || async {
+        peer_count(&a).await == 1 && peer_count(&c).await == 1
+    })
+    .await;
+    for i in 0..20 {
+        a.send(vec![Value::from(i)]).await.unwrap();
+    }
+    for i in 0..20 {
+        let m = tokio::time::timeout(T, c.recv()).await.unwrap().unwrap();
+        assert_eq!(m.body(), &[Value::from(i)]);
+        assert_eq!(m.sender(), a.id());
+    }
+    assert!(b.stats().await.unwrap().relays >= 20);
+    for n in [a, b, c] {
+        n.close().await;
+    }
+}

@@ -136,6 +136,9 @@ struct Conn {
     stream_pos: u64,
     /// For re-dials: the id the node at this address must have.
     expected_id: Option<Vec<u8>>,
+    /// An rs2p peer's own neighbours, as it last told us
+    /// ([`sub::RS2P_NEIGHBOURS`]): it relays every broadcast to them itself.
+    neighbours: HashSet<Vec<u8>>,
 }
 
 /// Bodies smaller than this go uncompressed to rs2p peers: compressing
@@ -675,6 +678,7 @@ impl Core {
                 handshaken: false,
                 stream_pos: 0,
                 expected_id: None,
+                neighbours: HashSet::new(),
             },
         );
         // Exactly one handshake, first and uncompressed.
@@ -768,6 +772,13 @@ impl Core {
     ) {
         let skip_js = is_delete(payload);
         let mut frames: Vec<(Option<Compression>, Bytes)> = Vec::new();
+        // What came from an rs2p peer reached its neighbours from it: the
+        // list it sent is older than the broadcast on the same stream, and
+        // it relays every broadcast to every neighbour but the sender.
+        let relayed_by = from_conn
+            .and_then(|c| self.conns.get(&c))
+            .map(|c| &c.neighbours);
+        let mut pruned_count = 0;
         let targets: Vec<ConnId> = self
             .routing
             .iter()
@@ -775,8 +786,17 @@ impl Core {
             .filter(|(_, conn)| {
                 !skip_js || self.conns.get(conn).is_some_and(|c| c.kind != PeerKind::Js)
             })
+            .filter(|(id, _)| {
+                let pruned = relayed_by.is_some_and(|n| n.contains(*id));
+                pruned_count += u64::from(pruned);
+                !pruned
+            })
             .map(|(_, conn)| *conn)
             .collect();
+        self.stats.relays_pruned += pruned_count;
+        if from_conn.is_some() {
+            self.stats.relays += targets.len() as u64;
+        }
         for conn in targets {
             let Some(method) = self
                 .conns
@@ -836,6 +856,7 @@ impl Core {
             let mut id = [0u8; 32];
             id.copy_from_slice(&body[..32]);
             if self.seen.contains(&id) {
+                self.stats.duplicate_broadcasts += 1;
                 return;
             }
         }
@@ -862,9 +883,14 @@ impl Core {
         if msg.msg_type == main::BROADCAST {
             // Our own broadcasts echoing back are dropped without being
             // remembered: nobody else creates messages under our id.
+            let expired = self.seen.expired();
             if msg.sender == self.id || !self.seen.insert(packed.id(), msg.time, now) {
+                if self.seen.expired() == expired {
+                    self.stats.duplicate_broadcasts += 1;
+                }
                 return;
             }
+            self.stats.broadcasts_received += 1;
             self.flood(&packed, &msg.payload, Some(conn), Some(&msg.sender));
         }
         let inc = Incoming {
@@ -879,6 +905,10 @@ impl Core {
             }
             Some(sub::PEERS) => {
                 self.peers(&inc.msg);
+                true
+            }
+            Some(sub::RS2P_NEIGHBOURS) => {
+                self.neighbours_of(conn, &inc.msg);
                 true
             }
             Some(sub::RESPONSE) => self.response(&inc.msg),
@@ -1023,6 +1053,7 @@ impl Core {
         let peers = self.peers_payload(kind);
         let packed = Packed::new(main::WHISPER, &self.id, unix_now(), &peers);
         self.send_packed(conn, &packed);
+        self.announce_neighbours();
         for s in services.iter_mut() {
             s.on_peer(&mut Ctx { core: self }, conn);
         }
@@ -1032,6 +1063,52 @@ impl Core {
                 self.send_packed(conn, &packed);
             }
         }
+    }
+
+    /// Tells every rs2p peer who our neighbours are now (see
+    /// [`sub::RS2P_NEIGHBOURS`]). Called whenever the routing table
+    /// changes, before anything else is sent, so that a peer never prunes a
+    /// relay on a list that is newer than the broadcast it came with.
+    fn announce_neighbours(&mut self) {
+        let rs: Vec<ConnId> = self
+            .routing
+            .values()
+            .copied()
+            .filter(|c| self.conns.get(c).is_some_and(|c| c.kind == PeerKind::Rs))
+            .collect();
+        if rs.is_empty() {
+            return;
+        }
+        let ids = self
+            .routing
+            .keys()
+            .map(|id| Value::Bin(id.clone()))
+            .collect();
+        let payload = [Value::from(sub::RS2P_NEIGHBOURS), Value::Array(ids)];
+        let packed = Packed::new(main::WHISPER, &self.id, unix_now(), &payload);
+        for c in rs {
+            self.send_packed(c, &packed);
+        }
+    }
+
+    /// An rs2p peer's neighbour list (ignored from anyone else, and when
+    /// longer than we would ever keep connections).
+    fn neighbours_of(&mut self, conn: ConnId, msg: &WireMessage) {
+        let max = self.cfg.max_connections;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let Some(list) = msg.payload.get(1).and_then(Value::as_array) else {
+            return;
+        };
+        if c.kind != PeerKind::Rs || list.len() > max {
+            return;
+        }
+        c.neighbours = list
+            .iter()
+            .filter_map(Value::as_bytes)
+            .map(<[u8]>::to_vec)
+            .collect();
     }
 
     fn peers(&mut self, msg: &WireMessage) {
@@ -1207,6 +1284,7 @@ impl Core {
             return;
         }
         self.routing.remove(&peer_id);
+        self.announce_neighbours();
         tracing::info!(peer = %bytes_text(&peer_id), %reason, "peer left");
         let _ = self.events.send(MeshEvent::PeerLeft {
             id: bytes_text(&peer_id),

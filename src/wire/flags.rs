@@ -62,6 +62,12 @@ pub mod sub {
     pub const REVOKE_PATHS: u8 = 0x10;
     /// A sync delta (merge into a map).
     pub const DELTA: u8 = 0x11;
+    /// Not in protocol 0.7: an rs2p node's list of its neighbours' ids,
+    /// whispered only to rs2p peers (recognised by
+    /// [`RS2P_MARKER`](super::compression::RS2P_MARKER)) whenever that list
+    /// changes, so that they need not relay to those neighbours what it
+    /// relays to them.
+    pub const RS2P_NEIGHBOURS: u8 = 0x2f;
 }
 
 /// Compression flags, as advertised in handshakes (see
