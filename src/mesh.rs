@@ -176,6 +176,9 @@ pub(crate) struct Inner {
     out_addr: (String, u16),
     queue: Arc<Mutex<VecDeque<Message>>>,
     queue_notify: Arc<Notify>,
+    /// Signalled by connection writers after each write (see
+    /// [`MeshSocket::wait_for_room`]).
+    drained: Arc<Notify>,
     events: broadcast::Sender<MeshEvent>,
     actor: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -239,6 +242,7 @@ impl MeshSocket {
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         let queue = Arc::new(Mutex::new(VecDeque::new()));
         let queue_notify = Arc::new(Notify::new());
+        let drained = Arc::new(Notify::new());
         let inner = Arc::new(Inner {
             cmd: cmd_tx,
             id: id.clone(),
@@ -247,6 +251,7 @@ impl MeshSocket {
             out_addr: out.clone(),
             queue: queue.clone(),
             queue_notify: queue_notify.clone(),
+            drained: drained.clone(),
             events: events.clone(),
             actor: Mutex::new(None),
         });
@@ -259,6 +264,7 @@ impl MeshSocket {
             inner: Arc::downgrade(&inner),
             queue,
             queue_notify,
+            drained,
             events,
         };
         let handle = actor::start(
@@ -324,13 +330,41 @@ impl MeshSocket {
     /// Sends a message with an explicit main flag and payload (`payload[0]`
     /// is the sub-flag). Broadcasts are flooded; other flags go to the
     /// direct neighbours only.
+    ///
+    /// When a peer's send queue is more than half full, this waits until it
+    /// has room again (or the peer is gone, or stuck), so that a fast writer
+    /// is slowed down to what the network takes instead of getting peers
+    /// dropped as too slow.
     pub async fn send_raw(&self, msg_type: u8, payload: Vec<Value>) -> Result<MessageId> {
-        self.call(|reply| Cmd::Send {
-            msg_type,
-            payload,
-            reply,
-        })
-        .await
+        let (id, crowded) = self
+            .call(|reply| Cmd::Send {
+                msg_type,
+                payload,
+                reply,
+            })
+            .await?;
+        self.wait_for_room(crowded).await;
+        Ok(id)
+    }
+
+    /// After a local write that left some peer's send queue more than half
+    /// full (`crowded`), waits until no queue is (writers signal each write
+    /// they finish; the check itself runs on the actor).
+    pub(crate) async fn wait_for_room(&self, crowded: bool) {
+        if !crowded {
+            return;
+        }
+        loop {
+            let drained = self.inner.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            match self.run_in_actor(|ctx| ctx.crowded()).await {
+                Ok(true) => {}
+                _ => return,
+            }
+            // The timeout only guards against a missed signal.
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(50), drained).await;
+        }
     }
 
     /// Whispers `[whisper, packets...]` to one neighbour.

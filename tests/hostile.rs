@@ -236,3 +236,60 @@ async fn idle_connections_and_a_broadcast_flood() {
     a.close().await;
     b.close().await;
 }
+
+/// A peer that reads, but slower than the node writes: local sends wait
+/// for room in its queue instead of overflowing it, so it is not dropped
+/// and receives everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_slows_the_writer_down_instead_of_being_dropped() {
+    let mut cfg = MeshConfig::new(local());
+    cfg.send_queue = 32;
+    cfg.send_queue_bytes = 64 * 1024;
+    let a = MeshSocket::bind(cfg).await.unwrap();
+    // A small receive window, read in small steps: about 16 MB/s at most.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(16 * 1024).unwrap();
+    let mut s = sock.connect(a.local_addr()).await.unwrap();
+    let id = b"SlowNode1111111111111111111111111111111111111111111111111111111";
+    let hs = Packed::new(
+        flags::main::WHISPER,
+        id,
+        now(),
+        &[
+            Value::from(flags::sub::HANDSHAKE),
+            Value::Bin(id.to_vec()),
+            Value::Bin(a.protocol_id().as_bytes().to_vec()),
+            Value::Array(vec!["127.0.0.1".into(), Value::from(1u16)]),
+            Value::Array(vec![]),
+        ],
+    );
+    s.write_all(&hs.to_frame(None)).await.unwrap();
+    wait_until("slow peer handshaken", T, || async {
+        peer_count(&a).await == 1
+    })
+    .await;
+    const N: usize = 10_000;
+    let got = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = got.clone();
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        while let Ok(n @ 1..) = s.read(&mut buf).await {
+            counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    let payload = Value::Bin(vec![0x5a; 1024]);
+    for i in 0..N {
+        a.send(vec![Value::from(i), payload.clone()]).await.unwrap();
+    }
+    // Every frame is over 1,100 bytes (1 KiB value, id, checksum, framing).
+    wait_until("everything read", T, || async {
+        got.load(std::sync::atomic::Ordering::Relaxed) >= N * 1100
+    })
+    .await;
+    let stats = a.stats().await.unwrap();
+    assert_eq!(stats.slow_peers_dropped, 0, "{stats:?}");
+    assert_eq!(peer_count(&a).await, 1);
+    reader.abort();
+    a.close().await;
+}

@@ -63,7 +63,8 @@ pub(crate) enum Cmd {
     Send {
         msg_type: u8,
         payload: Vec<Value>,
-        reply: oneshot::Sender<MessageId>,
+        /// The id, and whether a peer's queue is now more than half full.
+        reply: oneshot::Sender<(MessageId, bool)>,
     },
     Whisper {
         peer: Vec<u8>,
@@ -274,6 +275,11 @@ impl Ctx<'_> {
         self.core.conns.get(&conn).map(|c| c.handle.queued_bytes())
     }
     /// The compression to use towards `conn` for a body of `len` bytes.
+    /// True when some peer's send queue is more than half full.
+    pub(crate) fn crowded(&self) -> bool {
+        self.core.crowded()
+    }
+
     pub(crate) fn send_method(&self, conn: ConnId, len: usize) -> Option<Compression> {
         self.core.conns.get(&conn).and_then(|c| c.method_for(len))
     }
@@ -284,6 +290,7 @@ pub(crate) struct Shared {
     pub inner: Weak<Inner>,
     pub queue: Arc<Mutex<VecDeque<Message>>>,
     pub queue_notify: Arc<Notify>,
+    pub drained: Arc<Notify>,
     pub events: broadcast::Sender<MeshEvent>,
 }
 
@@ -301,6 +308,7 @@ pub(crate) fn start(
         inner,
         queue,
         queue_notify,
+        drained,
         events,
     } = shared;
     let (conn_tx, conn_rx) = mpsc::channel(CONN_EVENT_CAPACITY);
@@ -310,6 +318,7 @@ pub(crate) fn start(
         queue: cfg.send_queue,
         queue_bytes: cfg.send_queue_bytes,
         incomplete_timeout: cfg.incomplete_frame_timeout,
+        drained,
     };
     let core = Core {
         protocol_id: cfg.protocol_id().into_bytes(),
@@ -430,7 +439,7 @@ impl Core {
                         self.send_packed(conn, &packed);
                     }
                 }
-                let _ = reply.send(packed.id());
+                let _ = reply.send((packed.id(), self.crowded()));
             }
             Cmd::Whisper {
                 peer,
@@ -704,6 +713,13 @@ impl Core {
         let packed = Packed::new(main::WHISPER, &self.id, unix_now(), &payload);
         self.send_frame(id, packed.to_frame(None));
         id
+    }
+
+    /// True when some handshaken peer's send queue is more than half full.
+    fn crowded(&self) -> bool {
+        self.routing
+            .values()
+            .any(|c| self.conns.get(c).is_some_and(|c| c.handle.crowded()))
     }
 
     /// Queues a frame; a peer whose queue is full is dropped.

@@ -2,9 +2,9 @@
 //! writer task fed by a bounded queue.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
@@ -32,6 +32,9 @@ pub(crate) struct ConnHandle {
     /// Bytes queued and not yet written, bounded by `max_queued`.
     queued: Arc<AtomicUsize>,
     max_queued: usize,
+    /// When the writer last made progress ([`now_ms`]): finished a write,
+    /// or was handed a frame with nothing queued.
+    progress: Arc<AtomicU64>,
     reader: AbortHandle,
     writer: AbortHandle,
 }
@@ -51,11 +54,26 @@ impl ConnHandle {
         (self.queued.load(Ordering::Relaxed), self.max_queued)
     }
 
+    /// True when the queue is more than half full, in frames or in bytes,
+    /// and the peer is still reading: a writer that has made no progress for
+    /// [`STUCK`] does not count (local writers then stop waiting for it, and
+    /// its queue fills until it is dropped as too slow).
+    pub(crate) fn crowded(&self) -> bool {
+        let busy = self.tx.capacity() < self.tx.max_capacity() / 2
+            || self.queued.load(Ordering::Relaxed) > self.max_queued / 2;
+        let idle_ms = now_ms().saturating_sub(self.progress.load(Ordering::Relaxed));
+        busy && u128::from(idle_ms) < STUCK.as_millis()
+    }
+
     /// Queues a frame without waiting.
     pub(crate) fn send(&self, frame: Bytes) -> Result<(), SendError> {
         let len = frame.len();
-        if self.queued.load(Ordering::Relaxed) + len > self.max_queued {
+        let queued = self.queued.load(Ordering::Relaxed);
+        if queued + len > self.max_queued {
             return Err(SendError::Full);
+        }
+        if queued == 0 {
+            self.progress.store(now_ms(), Ordering::Relaxed);
         }
         self.queued.fetch_add(len, Ordering::Relaxed);
         self.tx.try_send(frame).map_err(|e| {
@@ -75,6 +93,16 @@ impl Drop for ConnHandle {
     }
 }
 
+/// How long a writer may make no progress before local writers stop
+/// waiting for room in its queue.
+const STUCK: Duration = Duration::from_secs(1);
+
+/// Milliseconds since the first call (a monotonic clock shared by threads).
+fn now_ms() -> u64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    BASE.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
 /// Settings of the connection tasks.
 #[derive(Clone)]
 pub(crate) struct ConnSettings {
@@ -82,6 +110,8 @@ pub(crate) struct ConnSettings {
     pub queue: usize,
     pub queue_bytes: usize,
     pub incomplete_timeout: Duration,
+    /// Signalled after every write, for writers waiting for room.
+    pub drained: Arc<tokio::sync::Notify>,
 }
 
 /// Starts the tasks of a new connection.
@@ -100,6 +130,9 @@ pub(crate) fn spawn(
     let (tx, mut rx) = mpsc::channel::<Bytes>(settings.queue);
     let queued = Arc::new(AtomicUsize::new(0));
     let written = queued.clone();
+    let drained = settings.drained.clone();
+    let progress = Arc::new(AtomicU64::new(now_ms()));
+    let progressed = progress.clone();
 
     let limits = settings.limits.clone();
     let incomplete = settings.incomplete_timeout;
@@ -129,6 +162,8 @@ pub(crate) fn spawn(
                 (wr.write(&batch).await, batch.len())
             };
             written.fetch_sub(len, Ordering::Relaxed);
+            progressed.store(now_ms(), Ordering::Relaxed);
+            drained.notify_waiters();
             if let Err(e) = res {
                 let _ = events
                     .send(ConnEvent::Closed {
@@ -146,6 +181,7 @@ pub(crate) fn spawn(
         tx,
         queued,
         max_queued: settings.queue_bytes,
+        progress,
         reader: reader.abort_handle(),
         writer: writer.abort_handle(),
     }

@@ -700,10 +700,11 @@ impl SyncSocket {
                     .apply(&key, value.clone(), meta, WriteKind::Store, now)
                     .map_err(|r| lease_error(&key, r))?;
                 ctx.broadcast(&[Value::from(sub::STORE), Value::Bin(key), value]);
-                Ok::<u64, Error>(seq)
+                Ok::<_, Error>((seq, ctx.crowded()))
             })
             .await??;
-        self.durable(seq).await
+        self.mesh.wait_for_room(seq.1).await;
+        self.durable(seq.0).await
     }
 
     /// With a data dir, waits until the change numbered `seq` is on disk.
@@ -804,10 +805,11 @@ impl SyncSocket {
                     Value::Bin(key),
                     Value::Map(entries),
                 ]);
-                Ok::<u64, Error>(seq)
+                Ok::<_, Error>((seq, ctx.crowded()))
             })
             .await??;
-        self.durable(seq).await
+        self.mesh.wait_for_room(seq.1).await;
+        self.durable(seq.0).await
     }
 
     /// A stream of changes from now on.
