@@ -1,12 +1,12 @@
 //! [`SyncSocket`]: a dictionary replicated to every node of the mesh.
 
+mod ordered;
 mod table;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use indexmap::IndexMap;
 use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
@@ -24,7 +24,8 @@ use crate::store::{Store, Stored};
 use crate::value::Value;
 use crate::wire::flags::{main, sub};
 use crate::wire::{msgpack, Packed};
-use table::{Slot, Table};
+use ordered::Ordered;
+use table::{Slot, Table, Tomb};
 
 /// Events buffered per subscriber.
 const EVENT_CAPACITY: usize = 4096;
@@ -67,7 +68,7 @@ struct State {
     /// Deleted keys: who deleted them, when, and since when they held the
     /// lease. Sent to rs2p peers so that a delete made during a partition
     /// stays deleted.
-    tombs: IndexMap<Box<[u8]>, (Meta, i64)>,
+    tombs: Ordered<Tomb>,
 }
 
 impl State {
@@ -100,23 +101,28 @@ impl State {
                 deleted: false,
             });
         }
-        self.tombs.get(key).map(|(meta, since)| Version {
-            meta: meta.clone(),
-            since: *since,
+        self.tombs.get(key).map(|t| Version {
+            meta: t.meta.clone(),
+            since: t.since,
             deleted: true,
         })
     }
 
     fn bury(&mut self, key: &[u8], meta: Meta, since: i64, now: i64) {
-        self.tombs.shift_remove(key);
-        self.tombs.insert(key.into(), (meta, since));
+        // A newer delete goes to the end: tombstones stay in time order.
+        self.tombs.remove(key);
+        self.tombs.insert(Tomb {
+            key: key.into(),
+            meta,
+            since,
+        });
         while self.tombs.len() > MAX_TOMBSTONES
             || self
                 .tombs
                 .first()
-                .is_some_and(|(_, (m, _))| m.timestamp < now - TOMBSTONE_SECS)
+                .is_some_and(|t| t.meta.timestamp < now - TOMBSTONE_SECS)
         {
-            self.tombs.shift_remove_index(0);
+            self.tombs.pop_first();
         }
     }
 }
@@ -174,7 +180,7 @@ impl Shared {
                 Change::None
             }
         } else {
-            st.tombs.shift_remove(key);
+            st.tombs.remove(key);
             let slot = st.slot(&meta, since);
             st.map.insert(key, &value, slot);
             Change::Set
@@ -213,7 +219,7 @@ impl Shared {
                 Change::None
             }
         } else {
-            st.tombs.shift_remove(key);
+            st.tombs.remove(key);
             let slot = st.slot(&version.meta, version.since);
             st.map.insert(key, &value, slot);
             Change::Set
@@ -324,7 +330,7 @@ impl Service for SyncService {
             let st = self.shared.lock();
             let mut keys: Vec<Box<[u8]>> = st.map.keys().map(Box::from).collect();
             if rs2p {
-                keys.extend(st.tombs.keys().cloned());
+                keys.extend(st.tombs.iter().map(|t| t.key.clone()));
             }
             keys
         };
@@ -368,8 +374,14 @@ impl Service for SyncService {
                                 job.rs2p,
                             ));
                         } else if job.rs2p {
-                            if let Some((m, since)) = st.tombs.get(key) {
-                                items.push(transfer_payload(key, Value::Nil, m, *since, true));
+                            if let Some(t) = st.tombs.get(key) {
+                                items.push(transfer_payload(
+                                    key,
+                                    Value::Nil,
+                                    &t.meta,
+                                    t.since,
+                                    true,
+                                ));
                             }
                         }
                     }
@@ -414,7 +426,7 @@ impl Service for SyncService {
                             || st
                                 .tombs
                                 .get(key)
-                                .is_some_and(|(m, _)| m.timestamp >= version.meta.timestamp)
+                                .is_some_and(|t| t.meta.timestamp >= version.meta.timestamp)
                         {
                             return true;
                         }
@@ -555,7 +567,11 @@ impl SyncSocket {
                         state.map.insert(&key, &value, slot);
                     }
                     None => {
-                        state.tombs.insert(key.into(), (e.meta, e.since));
+                        state.tombs.insert(Tomb {
+                            key: key.into(),
+                            meta: e.meta,
+                            since: e.since,
+                        });
                     }
                 }
             }

@@ -1,6 +1,6 @@
 //! The dictionary's storage, kept small: one heap allocation per key holding
-//! the key and its value's msgpack encoding, and a 56-byte slot per key in
-//! an insertion-ordered hash table.
+//! the key and its value's msgpack encoding, and a 48-byte entry per key in
+//! an insertion-ordered table ([`Ordered`]).
 //!
 //! A [`Value`] tree for a 100-byte binary costs a 32-byte enum plus a heap
 //! block, and a boxed key another block of at least 32 bytes; packing key and
@@ -9,13 +9,9 @@
 //! the small values this store is meant for costs about as much as the clone
 //! a read made before.
 
-use std::borrow::Borrow;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use indexmap::map::MutableKeys;
-use indexmap::IndexMap;
-
+use super::ordered::{Keyed, Ordered};
 use crate::proto::sync::Meta;
 use crate::value::Value;
 use crate::wire::{msgpack, Limits};
@@ -55,28 +51,6 @@ impl Record {
     }
 }
 
-impl Borrow<[u8]> for Record {
-    fn borrow(&self) -> &[u8] {
-        self.key()
-    }
-}
-
-// Hash and equality are the key's, exactly as `[u8]`'s, so that lookups by
-// `&[u8]` find records (the contract of `Borrow`).
-impl Hash for Record {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.key().hash(state)
-    }
-}
-
-impl PartialEq for Record {
-    fn eq(&self, other: &Record) -> bool {
-        self.key() == other.key()
-    }
-}
-
-impl Eq for Record {}
-
 /// Who wrote a key's value, when, and since when they have held it.
 #[derive(Clone, Debug)]
 pub(super) struct Slot {
@@ -98,20 +72,25 @@ const STORED: Limits = Limits {
     max_elements: usize::MAX,
 };
 
-/// One entry of the table, borrowed.
-#[derive(Clone, Copy)]
-pub(super) struct EntryRef<'a> {
-    record: &'a Record,
-    slot: &'a Slot,
+/// One key: its record and slot.
+pub(super) struct Entry {
+    record: Record,
+    slot: Slot,
 }
 
-impl<'a> EntryRef<'a> {
-    pub fn key(&self) -> &'a [u8] {
+impl Keyed for Entry {
+    fn key(&self) -> &[u8] {
+        self.record.key()
+    }
+}
+
+impl Entry {
+    pub fn key(&self) -> &[u8] {
         self.record.key()
     }
 
     /// The value's msgpack encoding.
-    pub fn value_bytes(&self) -> &'a [u8] {
+    pub fn value_bytes(&self) -> &[u8] {
         self.record.value_bytes()
     }
 
@@ -125,8 +104,8 @@ impl<'a> EntryRef<'a> {
         v.unwrap_or(Value::Nil)
     }
 
-    pub fn slot(&self) -> &'a Slot {
-        self.slot
+    pub fn slot(&self) -> &Slot {
+        &self.slot
     }
 
     pub fn meta(&self) -> Meta {
@@ -140,7 +119,7 @@ impl<'a> EntryRef<'a> {
 /// Keys in insertion order, each with its value and [`Slot`].
 #[derive(Default)]
 pub(super) struct Table {
-    map: IndexMap<Record, Slot>,
+    map: Ordered<Entry>,
 }
 
 impl Table {
@@ -148,10 +127,8 @@ impl Table {
         self.map.len()
     }
 
-    pub fn get(&self, key: &[u8]) -> Option<EntryRef<'_>> {
-        self.map
-            .get_key_value(key)
-            .map(|(record, slot)| EntryRef { record, slot })
+    pub fn get(&self, key: &[u8]) -> Option<&Entry> {
+        self.map.get(key)
     }
 
     pub fn contains_key(&self, key: &[u8]) -> bool {
@@ -160,38 +137,41 @@ impl Table {
 
     /// Sets a key; a key already present keeps its place in the order.
     pub fn insert(&mut self, key: &[u8], value: &Value, slot: Slot) {
-        let record = Record::new(key, value);
-        match self.map.get_full_mut2(key) {
-            Some((_, k, s)) => {
-                *k = record;
-                *s = slot;
-            }
-            None => {
-                self.map.insert(record, slot);
-            }
-        }
+        self.map.insert(Entry {
+            record: Record::new(key, value),
+            slot,
+        });
     }
 
     /// Removes a key, keeping the order of the others; true if it was there.
     pub fn remove(&mut self, key: &[u8]) -> bool {
-        self.map.shift_remove(key).is_some()
+        self.map.remove(key).is_some()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = EntryRef<'_>> {
-        self.map
-            .iter()
-            .map(|(record, slot)| EntryRef { record, slot })
+    pub fn iter(&self) -> impl Iterator<Item = &Entry> {
+        self.map.iter()
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
-        self.map.keys().map(Record::key)
+        self.map.iter().map(Entry::key)
     }
 
     /// The most recently inserted entry.
-    pub fn last(&self) -> Option<EntryRef<'_>> {
-        self.map
-            .last()
-            .map(|(record, slot)| EntryRef { record, slot })
+    pub fn last(&self) -> Option<&Entry> {
+        self.map.last()
+    }
+}
+
+/// A deleted key: who deleted it, when, and since when they held the lease.
+pub(super) struct Tomb {
+    pub key: Box<[u8]>,
+    pub meta: Meta,
+    pub since: i64,
+}
+
+impl Keyed for Tomb {
+    fn key(&self) -> &[u8] {
+        &self.key
     }
 }
 
@@ -256,7 +236,7 @@ mod tests {
     }
 
     #[test]
-    fn lookups_hash_like_byte_slices() {
+    fn many_keys_are_all_found() {
         let mut t = Table::default();
         for i in 0..10_000u32 {
             t.insert(&i.to_be_bytes(), &Value::from(i), slot(0));

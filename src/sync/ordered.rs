@@ -1,0 +1,257 @@
+//! An insertion-ordered map from byte keys to entries with O(1) removal
+//! anywhere (amortised), the way Python's `dict` keeps order: entries live
+//! in a vector in insertion order, a removed entry leaves a hole, and the
+//! vector is compacted once holes outnumber entries.
+//!
+//! `IndexMap::shift_remove` keeps order too but moves every later entry, so
+//! deleting the keys of a 100,000-key dictionary one by one took minutes.
+
+use std::hash::BuildHasher;
+
+use hashbrown::HashTable;
+
+/// An entry that knows its key.
+pub(super) trait Keyed {
+    fn key(&self) -> &[u8];
+}
+
+/// Holes tolerated before compaction is considered.
+const MIN_HOLES: usize = 32;
+
+/// Entries in insertion order, found by key.
+pub(super) struct Ordered<E> {
+    /// Entries in insertion order; `None` where one was removed.
+    slots: Vec<Option<E>>,
+    /// Positions in `slots` of the live entries, by key hash.
+    index: HashTable<usize>,
+    /// SipHash with per-map random keys: keys come from the network.
+    hasher: std::collections::hash_map::RandomState,
+    /// Live entries.
+    live: usize,
+    /// Every slot before this one is a hole.
+    head: usize,
+}
+
+impl<E> Default for Ordered<E> {
+    fn default() -> Self {
+        Ordered {
+            slots: Vec::new(),
+            index: HashTable::new(),
+            hasher: Default::default(),
+            live: 0,
+            head: 0,
+        }
+    }
+}
+
+impl<E: Keyed> Ordered<E> {
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    fn hash(&self, key: &[u8]) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    fn position(&self, key: &[u8]) -> Option<usize> {
+        let slots = &self.slots;
+        self.index
+            .find(self.hash(key), |&i| {
+                slots[i].as_ref().is_some_and(|e| e.key() == key)
+            })
+            .copied()
+    }
+
+    pub fn get(&self, key: &[u8]) -> Option<&E> {
+        self.position(key).and_then(|i| self.slots[i].as_ref())
+    }
+
+    pub fn contains_key(&self, key: &[u8]) -> bool {
+        self.position(key).is_some()
+    }
+
+    /// Inserts an entry; one with the same key is replaced in its place
+    /// (and returned), as in a Python dict.
+    pub fn insert(&mut self, entry: E) -> Option<E> {
+        if let Some(i) = self.position(entry.key()) {
+            return self.slots[i].replace(entry);
+        }
+        let hash = self.hash(entry.key());
+        let i = self.slots.len();
+        self.slots.push(Some(entry));
+        self.live += 1;
+        let Ordered {
+            slots,
+            index,
+            hasher,
+            ..
+        } = self;
+        index.insert_unique(hash, i, |&j| rehash(hasher, slots, j));
+        None
+    }
+
+    /// Removes and returns the entry of a key; the others keep their order.
+    pub fn remove(&mut self, key: &[u8]) -> Option<E> {
+        let hash = self.hash(key);
+        let slots = &self.slots;
+        let found = self
+            .index
+            .find_entry(hash, |&i| slots[i].as_ref().is_some_and(|e| e.key() == key))
+            .ok()?;
+        let (i, _) = found.remove();
+        let entry = self.slots[i].take();
+        self.live -= 1;
+        self.tidy();
+        entry
+    }
+
+    /// Removes and returns the oldest entry.
+    pub fn pop_first(&mut self) -> Option<E> {
+        let key = self.first()?.key().to_vec();
+        self.remove(&key)
+    }
+
+    /// Drops holes at both ends, and compacts when holes outnumber entries.
+    fn tidy(&mut self) {
+        while self.slots.last().is_some_and(Option::is_none) {
+            self.slots.pop();
+        }
+        while self.head < self.slots.len() && self.slots[self.head].is_none() {
+            self.head += 1;
+        }
+        self.head = self.head.min(self.slots.len());
+        let holes = self.slots.len() - self.live;
+        if holes > MIN_HOLES && holes > self.live {
+            self.compact();
+        }
+    }
+
+    fn compact(&mut self) {
+        self.slots.retain(Option::is_some);
+        self.slots.shrink_to(self.slots.len().max(MIN_HOLES) * 2);
+        self.head = 0;
+        self.index.clear();
+        let Ordered {
+            slots,
+            index,
+            hasher,
+            ..
+        } = self;
+        for (i, e) in slots.iter().enumerate() {
+            if let Some(e) = e {
+                index.insert_unique(hasher.hash_one(e.key()), i, |&j| rehash(hasher, slots, j));
+            }
+        }
+    }
+
+    /// The entries, oldest first.
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &E> {
+        self.slots[self.head..].iter().flatten()
+    }
+
+    pub fn first(&self) -> Option<&E> {
+        self.iter().next()
+    }
+
+    pub fn last(&self) -> Option<&E> {
+        // Trailing holes are always dropped.
+        self.slots.last().and_then(Option::as_ref)
+    }
+}
+
+fn rehash<E: Keyed>(
+    hasher: &std::collections::hash_map::RandomState,
+    slots: &[Option<E>],
+    i: usize,
+) -> u64 {
+    // The index only holds positions of live entries.
+    slots[i].as_ref().map_or(0, |e| hasher.hash_one(e.key()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    impl Keyed for (Vec<u8>, u32) {
+        fn key(&self) -> &[u8] {
+            &self.0
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert(u8, u32),
+        Remove(u8),
+        PopFirst,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (any::<u8>(), any::<u32>()).prop_map(|(k, v)| Op::Insert(k % 64, v)),
+            any::<u8>().prop_map(|k| Op::Remove(k % 64)),
+            Just(Op::PopFirst),
+        ]
+    }
+
+    proptest! {
+        /// Behaves like a model (a Vec of pairs in insertion order).
+        #[test]
+        fn matches_an_ordered_model(ops in proptest::collection::vec(op(), 0..600)) {
+            let mut m: Ordered<(Vec<u8>, u32)> = Ordered::default();
+            let mut model: Vec<(Vec<u8>, u32)> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Insert(k, v) => {
+                        let key = vec![k];
+                        let old = m.insert((key.clone(), v));
+                        let pos = model.iter().position(|e| e.0 == key);
+                        let want = pos.map(|p| std::mem::replace(&mut model[p], (key, v)));
+                        if pos.is_none() {
+                            model.push((vec![k], v));
+                        }
+                        prop_assert_eq!(old, want);
+                    }
+                    Op::Remove(k) => {
+                        let got = m.remove(&[k]);
+                        let want = model.iter().position(|e| e.0 == [k]).map(|p| model.remove(p));
+                        prop_assert_eq!(got, want);
+                    }
+                    Op::PopFirst => {
+                        let want = if model.is_empty() { None } else { Some(model.remove(0)) };
+                        prop_assert_eq!(m.pop_first(), want);
+                    }
+                }
+                prop_assert_eq!(m.len(), model.len());
+                prop_assert!(m.iter().eq(model.iter()));
+                prop_assert_eq!(m.last(), model.last());
+                for k in 0..64u8 {
+                    prop_assert_eq!(m.get(&[k]), model.iter().find(|e| e.0 == [k]));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn removing_most_keys_keeps_order_and_compacts() {
+        let mut m: Ordered<(Vec<u8>, u32)> = Ordered::default();
+        let n = 200_000u32;
+        for i in 0..n {
+            m.insert((i.to_be_bytes().to_vec(), i));
+        }
+        // From the middle outwards, then the rest from the front: with a
+        // shifting remove this is quadratic (minutes); here it is linear.
+        for i in (n / 4..3 * n / 4).rev() {
+            assert_eq!(m.remove(&i.to_be_bytes()).map(|e| e.1), Some(i));
+        }
+        assert!(m.slots.len() <= 2 * m.len() + MIN_HOLES + 1);
+        let mut left = Vec::new();
+        while let Some(e) = m.pop_first() {
+            left.push(e.1);
+        }
+        let want: Vec<u32> = (0..n / 4).chain(3 * n / 4..n).collect();
+        assert_eq!(left, want);
+        assert_eq!(m.len(), 0);
+        assert!(m.first().is_none() && m.last().is_none());
+    }
+}
