@@ -679,7 +679,7 @@ fn logs_go_to_stderr() {
 #[test]
 fn help_and_usage_errors() {
     let run = |args: &[&str]| {
-        let out = Command::new(BIN).args(args).output().expect("run rs2p");
+        let out = run_with_input(args, "");
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -815,4 +815,88 @@ fn interactive_shell() {
         "{status}"
     );
     peer.event("peer_left", |e| e["event"] == "peer_left");
+}
+
+/// `rs2p tls-keygen` writes a certificate and key and prints the
+/// fingerprint; nodes started with those files and pinning each other's
+/// fingerprints replicate over TLS; TLS options without `--transport ssl`
+/// and malformed fingerprints are refused.
+#[test]
+fn tls_keygen_and_pinned_nodes() {
+    let dir = std::env::temp_dir().join(format!("rs2p-cli-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let keygen = |name: &str| {
+        let (cert, key) = (path(&format!("{name}.pem")), path(&format!("{name}.key")));
+        let out = run_with_input(&["tls-keygen", "--cert", &cert, "--key", &key], "");
+        assert!(out.status.success(), "{out:?}");
+        let fp = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert_eq!(fp.len(), 64, "{fp}");
+        assert!(fp.bytes().all(|b| b.is_ascii_hexdigit()), "{fp}");
+        (cert, key, fp)
+    };
+    let (cert_a, key_a, fp_a) = keygen("a");
+    let (cert_b, key_b, fp_b) = keygen("b");
+    assert_ne!(fp_a, fp_b);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key_a)
+            .expect("key file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "key readable by others: {mode:o}");
+    }
+    // Existing files are not overwritten without --force.
+    let again = run_with_input(&["tls-keygen", "--cert", &cert_a, "--key", &key_a], "");
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("cannot write"));
+
+    let tls = |cert: &str, key: &str| {
+        vec![
+            "--transport".to_string(),
+            "ssl".into(),
+            "--tls-cert".into(),
+            cert.into(),
+            "--tls-key".into(),
+            key.into(),
+            "--tls-pin".into(),
+            fp_a.clone(),
+            "--tls-pin".into(),
+            fp_b.clone(),
+        ]
+    };
+    let args_a = tls(&cert_a, &key_a);
+    let args_a: Vec<&str> = args_a.iter().map(String::as_str).collect();
+    let (mut a, la) = Proc::json_node("tls-a", &args_a);
+    let target = format!("127.0.0.1:{}", la.port);
+    let mut args_b = tls(&cert_b, &key_b);
+    args_b.extend(["--connect".to_string(), target]);
+    let args_b: Vec<&str> = args_b.iter().map(String::as_str).collect();
+    let (mut b, _) = Proc::json_node("tls-b", &args_b);
+    b.event("peer_joined", |e| {
+        e["event"] == "peer_joined" && e["id"] == la.id.as_str()
+    });
+    a.ok(json!({"op": "set", "key": "over-tls", "value": "pinned"}));
+    b.ok(json!({"op": "wait", "key": "over-tls", "value": "pinned"}));
+    // A node that does not pin A's certificate refuses it when dialling.
+    let (mut c, _) = Proc::json_node("tls-c", &["--transport", "ssl", "--tls-pin", &fp_b]);
+    let reply = c.req(json!({"op": "connect", "host": "127.0.0.1", "port": la.port}));
+    assert_eq!(reply["ok"], false, "unpinned server accepted: {reply}");
+    let msg = reply["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("certificate"), "{reply}");
+    c.ok(json!({"op": "close"}));
+    a.ok(json!({"op": "close"}));
+    b.ok(json!({"op": "close"}));
+    assert!(a.exit_status().success() && b.exit_status().success());
+
+    let out = run_with_input(&["node", "--json", "--tls-pin", &fp_a], "");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("need --transport ssl"));
+    let out = run_with_input(&["node", "--transport", "ssl", "--tls-pin", "abc"], "");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("64 hex digits"));
+    let out = run_with_input(&["node", "--transport", "ssl", "--tls-cert", &cert_a], "");
+    assert_eq!(out.status.code(), Some(2), "--tls-cert needs --tls-key");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -197,6 +197,25 @@ impl TlsIdentity {
         })
     }
 
+    /// A fresh self-signed ECDSA P-256 certificate and its private key, as
+    /// PEM texts `(certificate, key)`: what `rs2p tls-keygen` writes, to be
+    /// loaded with [`from_pem`](Self::from_pem) so that a node keeps one
+    /// certificate (and fingerprint) across restarts.
+    ///
+    /// ```
+    /// use rs2p::config::TlsIdentity;
+    /// let (cert, key) = TlsIdentity::generate_pem()?;
+    /// assert!(cert.starts_with("-----BEGIN CERTIFICATE-----"));
+    /// let id = TlsIdentity::from_pem(cert.as_bytes(), key.as_bytes())?;
+    /// assert_eq!(id.fingerprint().to_string().len(), 64);
+    /// # Ok::<(), rs2p::Error>(())
+    /// ```
+    pub fn generate_pem() -> Result<(String, String)> {
+        let made = rcgen::generate_simple_self_signed(vec!["rs2p".to_string()])
+            .map_err(|e| Error::Config(format!("generating a TLS certificate: {e}")))?;
+        Ok((made.cert.pem(), made.signing_key.serialize_pem()))
+    }
+
     /// Parses a PEM certificate chain (leaf first) and a PEM private key
     /// (PKCS#8, PKCS#1 or SEC1).
     pub fn from_pem(cert_chain: &[u8], key: &[u8]) -> Result<TlsIdentity> {

@@ -63,6 +63,25 @@ enum Command {
     /// docs/benchmarks.md).
     #[command(hide = true)]
     BenchNode(bench_node::BenchNodeArgs),
+    /// Write a fresh self-signed TLS certificate and key (PEM) for
+    /// `rs2p node --transport ssl --tls-cert FILE --tls-key FILE`, and print
+    /// its SHA-256 fingerprint (what other nodes pass to --tls-pin).
+    TlsKeygen(TlsKeygenArgs),
+}
+
+/// Options of `rs2p tls-keygen`.
+#[derive(Debug, Args)]
+pub struct TlsKeygenArgs {
+    /// Where to write the certificate (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub cert: std::path::PathBuf,
+    /// Where to write the private key (PEM; created readable by the owner
+    /// only).
+    #[arg(long, value_name = "FILE")]
+    pub key: std::path::PathBuf,
+    /// Replace files that already exist.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// The long help's appendix of `rs2p node`: the JSON interface in short.
@@ -202,6 +221,26 @@ pub struct NodeArgs {
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<std::path::PathBuf>,
 
+    /// With --transport ssl: this node's certificate chain (PEM, leaf
+    /// first), e.g. from `rs2p tls-keygen`. Default: a fresh self-signed
+    /// certificate at every start. Its fingerprint is printed on stderr.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// With --transport ssl: talk only to nodes whose certificate has this
+    /// SHA-256 fingerprint (64 hex digits, colons allowed; repeatable).
+    /// Both ends are then authenticated: list every node of the mesh, this
+    /// one too. Only rs2p nodes can join such a mesh (py2p and js2p present
+    /// no client certificate). Without it, any certificate is accepted, as
+    /// py2p and js2p do: TLS then only hides the traffic from passive
+    /// eavesdroppers.
+    #[arg(long, value_name = "SHA256")]
+    pub tls_pin: Vec<rs2p::config::CertFingerprint>,
+
     /// Speak JSON lines on stdin/stdout instead of running the shell.
     #[arg(long)]
     pub json: bool,
@@ -253,6 +292,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => rt.block_on(demo::run(args)),
         Command::Bench(args) => bench::run(&rt, args),
         Command::BenchNode(args) => bench_node::run(&rt, args),
+        Command::TlsKeygen(args) => node::tls_keygen(&args),
     };
     // Threads blocked on stdin or the terminal must not hold the exit.
     rt.shutdown_background();

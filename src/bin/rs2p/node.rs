@@ -4,10 +4,11 @@
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
+use rs2p::config::{TlsConfig, TlsIdentity, TlsVerify};
 use rs2p::{SyncConfig, SyncSocket};
 use tokio::runtime::Runtime;
 
-use crate::{HostPort, NodeArgs};
+use crate::{HostPort, NodeArgs, TlsKeygenArgs};
 
 /// A running node and what was configured for it.
 pub struct Node {
@@ -59,9 +60,30 @@ async fn start(args: &NodeArgs) -> Result<Node, String> {
     if args.http_port.is_some() && cfg.mesh.transport != rs2p::Transport::Ws {
         return Err("--http-port needs --transport ws".into());
     }
+    let ssl = cfg.mesh.transport == rs2p::Transport::Ssl;
+    if !ssl && (args.tls_cert.is_some() || !args.tls_pin.is_empty()) {
+        return Err("--tls-cert, --tls-key and --tls-pin need --transport ssl".into());
+    }
+    let mut fingerprint = None;
+    if ssl {
+        let identity = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => TlsIdentity::from_pem_files(cert, key),
+            _ => TlsIdentity::generate(),
+        }
+        .map_err(|e| e.to_string())?;
+        fingerprint = Some(identity.fingerprint());
+        let mut tls = TlsConfig::new().with_identity(identity);
+        if !args.tls_pin.is_empty() {
+            tls = tls.with_verify(TlsVerify::Pinned(args.tls_pin.clone()));
+        }
+        cfg.mesh.tls = tls;
+    }
     let sync = SyncSocket::bind(cfg)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    if let Some(fp) = fingerprint {
+        eprintln!("rs2p: TLS certificate fingerprint {fp}");
+    }
     let web = match args.http_port {
         Some(port) => {
             let addr = std::net::SocketAddr::new(args.listen.ip(), port);
@@ -84,6 +106,50 @@ async fn start(args: &NodeArgs) -> Result<Node, String> {
         connect: args.connect.clone(),
         _web: web,
     })
+}
+
+/// Runs `rs2p tls-keygen`: writes a new certificate and key, prints the
+/// fingerprint.
+pub fn tls_keygen(args: &TlsKeygenArgs) -> ExitCode {
+    match write_keys(args) {
+        Ok(fp) => {
+            println!("{fp}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("rs2p: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn write_keys(args: &TlsKeygenArgs) -> Result<String, String> {
+    let (cert, key) = TlsIdentity::generate_pem().map_err(|e| e.to_string())?;
+    let fp = TlsIdentity::from_pem(cert.as_bytes(), key.as_bytes())
+        .map_err(|e| e.to_string())?
+        .fingerprint();
+    let write = |path: &std::path::Path, text: &str, private: bool| {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true);
+        if args.force {
+            opts.create(true).truncate(true);
+        } else {
+            opts.create_new(true);
+        }
+        #[cfg(unix)]
+        if private {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        #[cfg(not(unix))]
+        let _ = private;
+        opts.open(path)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    };
+    write(&args.key, &key, true)?;
+    write(&args.cert, &cert, false)?;
+    Ok(fp.to_string())
 }
 
 /// Runs `rs2p node`; the exit code says whether it started.
