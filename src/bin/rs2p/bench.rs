@@ -919,6 +919,20 @@ async fn run_latency(env: &Env, imp: Impl, n: usize, plan: &Plan) -> RunResult {
         out.figures.insert("p50_ms", p50);
         out.figures.insert("p99_ms", p99);
         out.figures.insert("lost", lost as f64);
+        // Broadcast frames delivered per set (first receipts + duplicates),
+        // where the node counts them (rs2p).
+        let per_set = |f: &str| {
+            let v: Vec<u64> = stats.iter().filter_map(|s| s.u64(f)).collect();
+            (v.len() == stats.len() && !v.is_empty())
+                .then(|| v.iter().sum::<u64>() as f64 / sets as f64)
+        };
+        if let (Some(b), Some(d)) = (per_set("broadcasts"), per_set("duplicates")) {
+            out.figures.insert("frames_per_set", b + d);
+            out.figures.insert("duplicates_per_set", d);
+        }
+        if let Some(p) = per_set("relays_pruned") {
+            out.figures.insert("relays_pruned_per_set", p);
+        }
         out.figures.insert(
             "cpu_ms_per_set",
             ((sched1.0 - sched0.0) as f64 - idle_ns).max(0.0) / 1e6 / sets as f64,

@@ -312,6 +312,9 @@ async fn handle(sync: &SyncSocket, state: &Arc<Mutex<State>>, cmd: &Json) -> Res
                     "last_exception": st.last_error,
                     "expired": st.expired_broadcasts,
                     "slow_peers_dropped": st.slow_peers_dropped,
+                    "broadcasts": st.broadcasts_received,
+                    "duplicates": st.duplicate_broadcasts,
+                    "relays_pruned": st.relays_pruned,
                 }),
             );
         }
