@@ -231,3 +231,68 @@ fn rs2p_bridges_py2p_and_js2p() {
     assert_eq!(j.stats().0, 0, "{:?}", j.stats());
     rt.block(r.close());
 }
+
+/// Two rs2p nodes sharing a py2p peer and a js2p peer: each rs2p node knows
+/// the other's neighbours and leaves the references to it (relays pruned),
+/// and still every broadcast and write reaches every node.
+#[test]
+fn two_rs2p_nodes_share_reference_peers_without_losing_anything() {
+    if !require_peers() {
+        return;
+    }
+    let rt = Rt::new();
+    let a = rt.sync(SyncConfig::new(local()));
+    let b = rt.sync(SyncConfig::new(local()));
+    let (pa, pb) = (a.mesh().local_addr().port(), b.mesh().local_addr().port());
+    rt.block(b.connect("127.0.0.1", pa)).unwrap();
+    let mut p = RefPeer::spawn(Impl::Py2p, &PeerOpts::sync());
+    let mut j = RefPeer::spawn(Impl::Js2p, &PeerOpts::sync());
+    p.connect(pa, None);
+    p.connect(pb, None);
+    j.connect(pa, None);
+    rt.block(b.connect("127.0.0.1", j.port())).unwrap();
+    wait_for("both rs2p nodes linked to everyone", T, || {
+        rt.peer_ids(a.mesh()).len() == 3 && rt.peer_ids(b.mesh()).len() == 3
+    });
+
+    // Broadcasts from a reach both references, through a alone.
+    for i in 0..10 {
+        rt.block(a.mesh().send(vec![Value::from(i)])).unwrap();
+    }
+    for r in [&mut p, &mut j] {
+        let got = recv_all(r, "a's broadcasts", |g| g.len() >= 10);
+        let bodies: Vec<_> = got.iter().map(|m| m["packets"][1].clone()).collect();
+        assert_eq!(bodies, (0..10).map(|i| json!(i)).collect::<Vec<_>>());
+    }
+    let pruned = rt.block(b.mesh().stats()).unwrap().relays_pruned;
+    assert!(
+        pruned >= 20,
+        "b relayed a's broadcasts to a's neighbours: {pruned} pruned"
+    );
+
+    // Writes from every side reach every node.
+    rt.block(a.set("from-a", "a")).unwrap();
+    p.ok(json!({"op":"set","key":"from-py","value":"py"}));
+    j.ok(json!({"op":"set","key":"from-js","value":"js"}));
+    for r in [&mut p, &mut j] {
+        r.wait_until("every write", T, |r| {
+            r.get("from-a") == Some(json!("a"))
+                && r.get("from-py") == Some(json!("py"))
+                && r.get("from-js") == Some(json!("js"))
+        });
+    }
+    wait_for("every write on the rs2p nodes", T, || {
+        [&a, &b].iter().all(|n| {
+            n.get("from-py") == Some(Value::from("py"))
+                && n.get("from-js") == Some(Value::from("js"))
+        })
+    });
+    // A delete from a reaches py2p (js2p cannot delete: never sent to it).
+    rt.block(a.del("from-a")).unwrap();
+    p.wait_until("the delete at py2p", T, |p| p.get("from-a").is_none());
+    wait_for("the delete at b", T, || b.get("from-a").is_none());
+    assert_eq!(p.stats().0, 0, "{:?}", p.stats());
+    assert_eq!(j.stats().0, 0, "{:?}", j.stats());
+    rt.block(a.close());
+    rt.block(b.close());
+}
