@@ -37,7 +37,13 @@ async fn still_talking(a: &MeshSocket, b: &MeshSocket, tag: &str) {
 async fn handshaken_raw(a: &MeshSocket, methods: &[Compression]) -> TcpStream {
     let mut s = TcpStream::connect(a.local_addr()).await.unwrap();
     let id = b"EvilNode1111111111111111111111111111111111111111111111111111111";
-    let hs = Packed::new(
+    s.write_all(&handshake(a, id, methods)).await.unwrap();
+    s
+}
+
+/// A handshake frame for `a`'s subnet from a node with this id.
+fn handshake(a: &MeshSocket, id: &[u8], methods: &[Compression]) -> bytes::Bytes {
+    Packed::new(
         flags::main::WHISPER,
         id,
         now(),
@@ -48,9 +54,8 @@ async fn handshaken_raw(a: &MeshSocket, methods: &[Compression]) -> TcpStream {
             Value::Array(vec!["127.0.0.1".into(), Value::from(1u16)]),
             Value::Array(methods.iter().map(|m| Value::from(m.flag())).collect()),
         ],
-    );
-    s.write_all(&hs.to_frame(None)).await.unwrap();
-    s
+    )
+    .to_frame(None)
 }
 
 fn now() -> i64 {
@@ -251,19 +256,7 @@ async fn a_slow_reader_slows_the_writer_down_instead_of_being_dropped() {
     sock.set_recv_buffer_size(16 * 1024).unwrap();
     let mut s = sock.connect(a.local_addr()).await.unwrap();
     let id = b"SlowNode1111111111111111111111111111111111111111111111111111111";
-    let hs = Packed::new(
-        flags::main::WHISPER,
-        id,
-        now(),
-        &[
-            Value::from(flags::sub::HANDSHAKE),
-            Value::Bin(id.to_vec()),
-            Value::Bin(a.protocol_id().as_bytes().to_vec()),
-            Value::Array(vec!["127.0.0.1".into(), Value::from(1u16)]),
-            Value::Array(vec![]),
-        ],
-    );
-    s.write_all(&hs.to_frame(None)).await.unwrap();
+    s.write_all(&handshake(&a, id, &[])).await.unwrap();
     wait_until("slow peer handshaken", T, || async {
         peer_count(&a).await == 1
     })

@@ -10,18 +10,22 @@ use tokio_stream::StreamExt;
 
 const T: Duration = Duration::from_secs(20);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_nodes_broadcast_exactly_once() {
-    let a = mesh_node().await;
-    let b = mesh_node().await;
-    let c = mesh_node().await;
+/// Three nodes linked as a chain `c - b - a`; `c` learns `a` from `b`'s
+/// peers list and dials it: a triangle.
+async fn triangle() -> (MeshSocket, MeshSocket, MeshSocket) {
+    let (a, b, c) = (mesh_node().await, mesh_node().await, mesh_node().await);
     b.connect("127.0.0.1", a.local_addr().port()).await.unwrap();
     c.connect("127.0.0.1", b.local_addr().port()).await.unwrap();
-    // c learns a from b's peers list and dials it.
     wait_until("full mesh", T, || async {
         peer_count(&a).await == 2 && peer_count(&b).await == 2 && peer_count(&c).await == 2
     })
     .await;
+    (a, b, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_broadcast_exactly_once() {
+    let (a, b, c) = triangle().await;
     let id = a
         .send(vec![Value::from("hello"), Value::from(&b"raw"[..])])
         .await
@@ -211,13 +215,7 @@ async fn sixteen_node_chain_becomes_a_mesh_and_floods_once() {
 /// `a` sent it to the other), and nobody receives a duplicate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relays_skip_neighbours_of_the_rs2p_sender() {
-    let (a, b, c) = (mesh_node().await, mesh_node().await, mesh_node().await);
-    b.connect("127.0.0.1", a.local_addr().port()).await.unwrap();
-    c.connect("127.0.0.1", b.local_addr().port()).await.unwrap();
-    wait_until("full mesh", T, || async {
-        peer_count(&a).await == 2 && peer_count(&b).await == 2 && peer_count(&c).await == 2
-    })
-    .await;
+    let (a, b, c) = triangle().await;
     for i in 0..20 {
         a.send(vec![Value::from(i)]).await.unwrap();
     }
@@ -247,13 +245,7 @@ async fn relays_skip_neighbours_of_the_rs2p_sender() {
 /// relays `a`'s next broadcast to `c` again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_neighbour_is_relayed_to_again() {
-    let (a, b, c) = (mesh_node().await, mesh_node().await, mesh_node().await);
-    b.connect("127.0.0.1", a.local_addr().port()).await.unwrap();
-    c.connect("127.0.0.1", b.local_addr().port()).await.unwrap();
-    wait_until("full mesh", T, || async {
-        peer_count(&a).await == 2 && peer_count(&b).await == 2 && peer_count(&c).await == 2
-    })
-    .await;
+    let (a, b, c) = triangle().await;
     a.block(c.id()).await.unwrap();
     wait_until("a and c apart", T, || async {
         peer_count(&a).await == 1 && peer_count(&c).await == 1
