@@ -284,29 +284,48 @@ const TRANSFER_BATCH: usize = 1024;
 /// A state transfer is fed to a peer while less than this is queued for it.
 const TRANSFER_WINDOW: usize = 8 << 20;
 
-/// A state-transfer store: 5 packets for the references, 6 (with the lease
-/// start, and tombstones as nil values) between rs2p nodes.
-fn transfer_payload(key: &[u8], value: Value, meta: &Meta, since: i64, rs2p: bool) -> Vec<Value> {
-    let mut p = vec![
-        Value::from(sub::STORE),
-        Value::Bin(key.to_vec()),
-        value,
-        Value::Bin(meta.owner.clone()),
-        Value::from(meta.timestamp),
-    ];
-    if rs2p {
-        p.push(Value::from(since));
+/// The msgpack encoding of nil: a tombstone's value.
+const NIL: &[u8] = &[0xc0];
+
+/// A state-transfer store `[store, key, value, owner, timestamp]`, with the
+/// lease start as a sixth packet between rs2p nodes (`since`), encoded
+/// packet after packet from the value's encoding (as the table keeps it).
+struct TransferItem {
+    count: usize,
+    payload: Vec<u8>,
+}
+
+impl TransferItem {
+    fn new(key: &[u8], value: &[u8], owner: &[u8], timestamp: i64, since: Option<i64>) -> Self {
+        let mut payload = Vec::with_capacity(24 + key.len() + value.len() + owner.len());
+        msgpack::encode_into(&Value::from(sub::STORE), &mut payload);
+        msgpack::encode_bin(key, &mut payload);
+        payload.extend_from_slice(value);
+        msgpack::encode_bin(owner, &mut payload);
+        msgpack::encode_int(timestamp.into(), &mut payload);
+        if let Some(since) = since {
+            msgpack::encode_int(since.into(), &mut payload);
+        }
+        TransferItem {
+            count: 5 + usize::from(since.is_some()),
+            payload,
+        }
     }
-    p
 }
 
 impl SyncService {
-    fn send_transfer(&self, ctx: &mut Ctx<'_>, conn: ConnId, items: Vec<Vec<Value>>) {
+    fn send_transfer(&self, ctx: &mut Ctx<'_>, conn: ConnId, items: &[TransferItem]) {
         let now = ctx.now();
         let mut chunk: Vec<Bytes> = Vec::new();
         let mut chunk_len = 0;
-        for payload in items {
-            let packed = Packed::new(main::WHISPER, ctx.my_id(), now, &payload);
+        for item in items {
+            let packed = Packed::from_encoded_payload(
+                main::WHISPER,
+                ctx.my_id(),
+                now,
+                item.count,
+                &item.payload,
+            );
             let frame = packed.to_frame(ctx.send_method(conn, packed.body().len()));
             chunk_len += frame.len();
             chunk.push(frame);
@@ -366,27 +385,28 @@ impl Service for SyncService {
                         // Keys changed or deleted since the snapshot are sent
                         // as they are now (live broadcasts carry the rest).
                         if let Some(e) = st.map.get(key) {
-                            items.push(transfer_payload(
+                            let s = e.slot();
+                            items.push(TransferItem::new(
                                 key,
-                                e.value(),
-                                &e.meta(),
-                                e.slot().since,
-                                job.rs2p,
+                                e.value_bytes(),
+                                &s.owner,
+                                s.timestamp,
+                                job.rs2p.then_some(s.since),
                             ));
                         } else if job.rs2p {
                             if let Some(t) = st.tombs.get(key) {
-                                items.push(transfer_payload(
+                                items.push(TransferItem::new(
                                     key,
-                                    Value::Nil,
-                                    &t.meta,
-                                    t.since,
-                                    true,
+                                    NIL,
+                                    &t.meta.owner,
+                                    t.meta.timestamp,
+                                    Some(t.since),
                                 ));
                             }
                         }
                     }
                 }
-                self.send_transfer(ctx, job.conn, items);
+                self.send_transfer(ctx, job.conn, &items);
             }
         });
         self.transfers = jobs;
@@ -442,10 +462,16 @@ impl Service for SyncService {
                 {
                     // Pass what we learned on to the other rs2p peers, so a
                     // healed partition converges even without direct links.
-                    let payload = transfer_payload(key, value, &version.meta, version.since, true);
+                    let item = [TransferItem::new(
+                        key,
+                        &msgpack::encode(&value),
+                        &version.meta.owner,
+                        version.meta.timestamp,
+                        Some(version.since),
+                    )];
                     for conn in ctx.peers_of_kind(PeerKind::Rs) {
                         if conn != inc.conn {
-                            self.send_transfer(ctx, conn, vec![payload.clone()]);
+                            self.send_transfer(ctx, conn, &item);
                         }
                     }
                 }
@@ -890,4 +916,45 @@ fn _assert_send_sync() {
     is::<SyncSocket>();
     is::<MeshSocket>();
     let _ = unix_now;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A transfer item packs to the same message, byte for byte, as the
+    /// packets it stands for.
+    #[test]
+    fn transfer_items_pack_like_their_packets() {
+        let value = Value::Map(vec![(Value::from("a"), Value::Bin(vec![1; 300]))]);
+        for since in [None, Some(1_700_000_000)] {
+            for v in [value.clone(), Value::Nil, Value::from(-5)] {
+                let item = TransferItem::new(
+                    b"key",
+                    &msgpack::encode(&v),
+                    b"owner-id",
+                    1_795_733_000,
+                    since,
+                );
+                let mut packets = vec![
+                    Value::from(sub::STORE),
+                    Value::Bin(b"key".to_vec()),
+                    v,
+                    Value::Bin(b"owner-id".to_vec()),
+                    Value::from(1_795_733_000i64),
+                ];
+                packets.extend(since.map(Value::from));
+                let want = Packed::new(main::WHISPER, b"me", 42, &packets);
+                let got = Packed::from_encoded_payload(
+                    main::WHISPER,
+                    b"me",
+                    42,
+                    item.count,
+                    &item.payload,
+                );
+                assert_eq!(got, want);
+            }
+        }
+        assert_eq!(msgpack::encode(&Value::Nil), NIL);
+    }
 }

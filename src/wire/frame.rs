@@ -31,16 +31,43 @@ impl Packed {
     /// # fn hex(b: &[u8]) -> String { b.iter().map(|x| format!("{x:02x}")).collect() }
     /// ```
     pub fn new(msg_type: u8, sender: &[u8], time: i64, payload: &[Value]) -> Packed {
-        let mut buf = Vec::with_capacity(64 + payload.len() * 16);
-        buf.resize(32, 0);
-        msgpack::encode_array_header(3 + payload.len(), &mut buf);
-        buf.push(msg_type);
-        msgpack::encode_bin(sender, &mut buf);
-        msgpack::encode_int(time.into(), &mut buf);
+        let mut buf = Packed::header(
+            msg_type,
+            sender,
+            time,
+            payload.len(),
+            64 + payload.len() * 16,
+        );
         for p in payload {
             msgpack::encode_into(p, &mut buf);
         }
         Packed::seal(buf)
+    }
+
+    /// Packs like [`new`](Self::new) a payload of `count` values given
+    /// already encoded, one after the other, in `payload`.
+    pub(crate) fn from_encoded_payload(
+        msg_type: u8,
+        sender: &[u8],
+        time: i64,
+        count: usize,
+        payload: &[u8],
+    ) -> Packed {
+        let mut buf = Packed::header(msg_type, sender, time, count, payload.len());
+        buf.extend_from_slice(payload);
+        Packed::seal(buf)
+    }
+
+    /// Room for the checksum, then `[msg_type, sender, time` of an array of
+    /// `3 + count` elements; `more` bytes reserved beyond.
+    fn header(msg_type: u8, sender: &[u8], time: i64, count: usize, more: usize) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(32 + 16 + sender.len() + more);
+        buf.resize(32, 0);
+        msgpack::encode_array_header(3 + count, &mut buf);
+        buf.push(msg_type);
+        msgpack::encode_bin(sender, &mut buf);
+        msgpack::encode_int(time.into(), &mut buf);
+        buf
     }
 
     /// Packs an already encoded msgpack array.
