@@ -23,8 +23,10 @@ use crate::value::Value;
 use crate::wire::flags::{self, main, sub};
 use crate::wire::{ids, Compression, MessageId, Packed, WireMessage};
 
-/// Capacity of the channel from connection tasks to the actor.
-const CONN_EVENT_CAPACITY: usize = 1024;
+/// Capacity of the channel from connection tasks to the actor (each
+/// message is the frames of one read; readers also stop reading while
+/// [`conn::MAX_UNHANDLED`] bytes of theirs wait for the actor).
+const CONN_EVENT_CAPACITY: usize = 256;
 /// Capacity of the dial-result channel.
 const DIAL_CAPACITY: usize = 64;
 /// How long a dial may take.
@@ -382,8 +384,12 @@ async fn run(
                 let Some(ev) = ev else { break };
                 match ev {
                     ConnEvent::Frames { conn, bodies } => {
+                        let len = bodies.iter().map(Bytes::len).sum();
                         for body in bodies {
                             core.frame(conn, body, &mut services, &mut handlers);
+                        }
+                        if let Some(c) = core.conns.get(&conn) {
+                            c.handle.handled(len);
                         }
                         pumping = true;
                     }

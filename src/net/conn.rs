@@ -35,6 +35,8 @@ pub(crate) struct ConnHandle {
     /// When the writer last made progress ([`now_ms`]): finished a write,
     /// or was handed a frame with nothing queued.
     progress: Arc<AtomicU64>,
+    /// Bytes of frames read and not yet handled by the actor.
+    unhandled: Arc<Unhandled>,
     reader: AbortHandle,
     writer: AbortHandle,
 }
@@ -65,6 +67,12 @@ impl ConnHandle {
         busy && u128::from(idle_ms) < STUCK.as_millis()
     }
 
+    /// The actor handled `len` bytes of frames from this connection.
+    pub(crate) fn handled(&self, len: usize) {
+        self.unhandled.bytes.fetch_sub(len, Ordering::Relaxed);
+        self.unhandled.notify.notify_one();
+    }
+
     /// Queues a frame without waiting.
     pub(crate) fn send(&self, frame: Bytes) -> Result<(), SendError> {
         let len = frame.len();
@@ -91,6 +99,18 @@ impl Drop for ConnHandle {
         self.reader.abort();
         self.writer.abort();
     }
+}
+
+/// A reader stops reading while this many bytes of its frames wait for the
+/// actor (plus at most one read's worth), so a fast peer cannot pile up
+/// memory in front of a busy node.
+pub(crate) const MAX_UNHANDLED: usize = 1 << 20;
+
+/// Frame bytes a reader handed to the actor and the actor has not handled.
+#[derive(Default)]
+struct Unhandled {
+    bytes: AtomicUsize,
+    notify: tokio::sync::Notify,
 }
 
 /// How long a writer may make no progress before local writers stop
@@ -137,8 +157,10 @@ pub(crate) fn spawn(
     let limits = settings.limits.clone();
     let incomplete = settings.incomplete_timeout;
     let ev = events.clone();
+    let unhandled = Arc::new(Unhandled::default());
+    let backlog = unhandled.clone();
     let reader = tokio::spawn(async move {
-        let reason = read_loop(&mut rd, conn, &ev, &limits, incomplete).await;
+        let reason = read_loop(&mut rd, conn, &ev, &backlog, &limits, incomplete).await;
         tracing::debug!(conn, %peer, %reason, "connection closed");
         let _ = ev.send(ConnEvent::Closed { conn, reason }).await;
     });
@@ -182,6 +204,7 @@ pub(crate) fn spawn(
         queued,
         max_queued: settings.queue_bytes,
         progress,
+        unhandled,
         reader: reader.abort_handle(),
         writer: writer.abort_handle(),
     }
@@ -191,6 +214,7 @@ async fn read_loop(
     rd: &mut BoxRead,
     conn: ConnId,
     events: &mpsc::Sender<ConnEvent>,
+    backlog: &Unhandled,
     limits: &Limits,
     incomplete: Duration,
 ) -> String {
@@ -204,13 +228,23 @@ async fn read_loop(
                 Err(e) => break Some(e.to_string()),
             }
         };
-        if !bodies.is_empty()
-            && events
+        if !bodies.is_empty() {
+            let len: usize = bodies.iter().map(Bytes::len).sum();
+            backlog.bytes.fetch_add(len, Ordering::Relaxed);
+            if events
                 .send(ConnEvent::Frames { conn, bodies })
                 .await
                 .is_err()
-        {
-            return "node closed".into();
+            {
+                return "node closed".into();
+            }
+            loop {
+                let handled = backlog.notify.notified();
+                if backlog.bytes.load(Ordering::Relaxed) <= MAX_UNHANDLED {
+                    break;
+                }
+                handled.await;
+            }
         }
         if let Some(e) = error {
             return e;
