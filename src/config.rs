@@ -66,7 +66,10 @@ pub struct MeshConfig {
     pub compression: Vec<Compression>,
     /// Decoding limits.
     pub limits: Limits,
-    /// Writes queued for one peer before it is dropped as too slow.
+    /// Writes queued for one peer before it is dropped as too slow
+    /// (default 4,096). Local writes (`send`, `set`, ...) wait while a
+    /// peer that is still reading has its queue more than half full, so a
+    /// fast writer is slowed down instead of getting its peers dropped.
     pub send_queue: usize,
     /// Bytes queued for one peer before it is dropped as too slow (default
     /// 64 MiB).
