@@ -99,16 +99,25 @@ impl<E: Keyed> Ordered<E> {
             .find_entry(hash, |&i| slots[i].as_ref().is_some_and(|e| e.key() == key))
             .ok()?;
         let (i, _) = found.remove();
-        let entry = self.slots[i].take();
-        self.live -= 1;
-        self.tidy();
-        entry
+        self.take(i)
     }
 
     /// Removes and returns the oldest entry.
     pub fn pop_first(&mut self) -> Option<E> {
-        let key = self.first()?.key().to_vec();
-        self.remove(&key)
+        let i = self.head + self.slots[self.head..].iter().position(Option::is_some)?;
+        let hash = self.hash(self.slots[i].as_ref()?.key());
+        if let Ok(found) = self.index.find_entry(hash, |&j| j == i) {
+            found.remove();
+        }
+        self.take(i)
+    }
+
+    /// Takes the entry at `slots[i]`, already out of the index.
+    fn take(&mut self, i: usize) -> Option<E> {
+        let entry = self.slots[i].take();
+        self.live -= 1;
+        self.tidy();
+        entry
     }
 
     /// Drops holes at both ends, and compacts when holes outnumber entries.
