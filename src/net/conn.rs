@@ -69,8 +69,10 @@ impl ConnHandle {
 
     /// The actor handled `len` bytes of frames from this connection.
     pub(crate) fn handled(&self, len: usize) {
-        self.unhandled.bytes.fetch_sub(len, Ordering::Relaxed);
-        self.unhandled.notify.notify_one();
+        // The reader only waits while the backlog is over the limit.
+        if self.unhandled.bytes.fetch_sub(len, Ordering::Relaxed) > MAX_UNHANDLED {
+            self.unhandled.notify.notify_one();
+        }
     }
 
     /// Queues a frame without waiting.
