@@ -85,6 +85,12 @@ struct State {
     fallback: bool,
 }
 
+/// The adapter's state (a panic elsewhere while holding it leaves it
+/// usable: every field is consistent between statements).
+fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Reports progress of the watch, if any, given `n` keys held at `t`.
 fn check_watch(st: &mut State, n: usize, t: i64) {
     let updates = st.updates;
@@ -107,7 +113,7 @@ fn check_watch(st: &mut State, n: usize, t: i64) {
 /// `trace` or `watch`, so that a node nobody watches pays nothing for it).
 fn subscribe(sync: &SyncSocket, state: &Arc<Mutex<State>>) {
     {
-        let mut st = state.lock().unwrap();
+        let mut st = lock(state);
         if st.subscribed {
             return;
         }
@@ -121,7 +127,7 @@ fn subscribe(sync: &SyncSocket, state: &Arc<Mutex<State>>) {
             let SyncEvent::Update { key, .. } = ev else {
                 continue;
             };
-            let mut st = state.lock().unwrap();
+            let mut st = lock(&state);
             st.updates += 1;
             if let Some(p) = &st.trace {
                 if key.starts_with(p) {
@@ -184,7 +190,7 @@ fn spawn_peers_loop(sync: &SyncSocket) {
 /// event that reached the target was missed.
 fn spawn_watch_fallback(sync: &SyncSocket, state: &Arc<Mutex<State>>) {
     {
-        let mut st = state.lock().unwrap();
+        let mut st = lock(state);
         if st.fallback {
             return;
         }
@@ -195,7 +201,7 @@ fn spawn_watch_fallback(sync: &SyncSocket, state: &Arc<Mutex<State>>) {
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            let mut st = state.lock().unwrap();
+            let mut st = lock(&state);
             if st.watch.is_none() {
                 st.fallback = false;
                 return;
@@ -233,7 +239,7 @@ async fn handle(sync: &SyncSocket, state: &Arc<Mutex<State>>, cmd: &Json) -> Res
         }
         "trace" => {
             let prefix = field_str(cmd, "prefix")?.as_bytes().to_vec();
-            state.lock().unwrap().trace = Some(prefix);
+            lock(state).trace = Some(prefix);
             subscribe(sync, state);
             emit("ack", now_us(), json!({ "cmd": "trace" }));
         }
@@ -243,7 +249,7 @@ async fn handle(sync: &SyncSocket, state: &Arc<Mutex<State>>, cmd: &Json) -> Res
             // Subscribe first, so that no update between the check below and
             // the subscription is missed.
             subscribe(sync, state);
-            let mut st = state.lock().unwrap();
+            let mut st = lock(state);
             st.watch = Some(Watch {
                 target,
                 step,
@@ -300,7 +306,7 @@ async fn handle(sync: &SyncSocket, state: &Arc<Mutex<State>>, cmd: &Json) -> Res
                 .stats()
                 .await
                 .map_err(|e| format!("stats: {e}"))?;
-            let updates = state.lock().unwrap().updates;
+            let updates = lock(state).updates;
             emit(
                 "stats",
                 now_us(),
