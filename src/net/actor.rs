@@ -18,7 +18,7 @@ use crate::mesh::{Inner, MeshEvent, Message, NodeStats, PeerInfo, PeerKind};
 use crate::net::align;
 use crate::net::conn::{self, ConnEvent, ConnHandle, ConnId, ConnSettings, SendError};
 use crate::net::transport::{Io, Transport};
-use crate::proto::seen::Seen;
+use crate::proto::seen::{Admit, Seen};
 use crate::value::Value;
 use crate::wire::flags::{self, main, sub};
 use crate::wire::{ids, Compression, MessageId, Packed, WireMessage};
@@ -276,12 +276,12 @@ impl Ctx<'_> {
     pub(crate) fn queued_bytes(&self, conn: ConnId) -> Option<(usize, usize)> {
         self.core.conns.get(&conn).map(|c| c.handle.queued_bytes())
     }
-    /// The compression to use towards `conn` for a body of `len` bytes.
     /// True when some peer's send queue is more than half full.
     pub(crate) fn crowded(&self) -> bool {
         self.core.crowded()
     }
 
+    /// The compression to use towards `conn` for a body of `len` bytes.
     pub(crate) fn send_method(&self, conn: ConnId, len: usize) -> Option<Compression> {
         self.core.conns.get(&conn).and_then(|c| c.method_for(len))
     }
@@ -905,12 +905,17 @@ impl Core {
         if msg.msg_type == main::BROADCAST {
             // Our own broadcasts echoing back are dropped without being
             // remembered: nobody else creates messages under our id.
-            let expired = self.seen.expired();
-            if msg.sender == self.id || !self.seen.insert(packed.id(), msg.time, now) {
-                if self.seen.expired() == expired {
-                    self.stats.duplicate_broadcasts += 1;
-                }
+            if msg.sender == self.id {
+                self.stats.duplicate_broadcasts += 1;
                 return;
+            }
+            match self.seen.admit(packed.id(), msg.time, now) {
+                Admit::New => {}
+                Admit::Duplicate => {
+                    self.stats.duplicate_broadcasts += 1;
+                    return;
+                }
+                Admit::Expired => return,
             }
             self.stats.broadcasts_received += 1;
             self.flood(&packed, &msg.payload, Some(conn), Some(&msg.sender));

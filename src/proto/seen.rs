@@ -39,6 +39,17 @@ fn fingerprint(id: &[u8; 32]) -> u64 {
 /// How long a broadcast is accepted after its creation time, in seconds.
 pub const WINDOW_SECS: i64 = 60;
 
+/// What [`Seen::admit`] did with a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admit {
+    /// New and inside the window: handle and relay it.
+    New,
+    /// Already seen.
+    Duplicate,
+    /// Older than the window.
+    Expired,
+}
+
 /// Remembers `(id, time)` of recent broadcasts (as 64-bit fingerprints, 24
 /// bytes an entry).
 ///
@@ -75,17 +86,30 @@ impl Seen {
     /// Records a message; `true` when it is new and inside the window (it
     /// should be handled and relayed), `false` when it must be dropped.
     pub fn insert(&mut self, id: MessageId, time: i64, now: i64) -> bool {
+        self.admit(id, time, now) == Admit::New
+    }
+
+    /// Records a message and says why it was taken or refused.
+    ///
+    /// ```
+    /// use rs2p::proto::seen::{Admit, Seen};
+    /// let mut seen = Seen::new(8);
+    /// assert_eq!(seen.admit([1; 32], 100, 100), Admit::New);
+    /// assert_eq!(seen.admit([1; 32], 100, 100), Admit::Duplicate);
+    /// assert_eq!(seen.admit([2; 32], 30, 100), Admit::Expired);
+    /// ```
+    pub fn admit(&mut self, id: MessageId, time: i64, now: i64) -> Admit {
         if time < now - WINDOW_SECS {
             self.expired += 1;
-            return false;
+            return Admit::Expired;
         }
         let fp = fingerprint(&id);
         if !self.set.insert(fp) {
-            return false;
+            return Admit::Duplicate;
         }
         self.order.push_back((fp, time));
         self.prune(now);
-        true
+        Admit::New
     }
 
     fn prune(&mut self, now: i64) {
