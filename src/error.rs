@@ -165,6 +165,13 @@ pub enum Error {
     /// The durable store failed.
     #[error("store error: {0}")]
     Store(String),
+    /// The node has as many connections (open, pending or dialling) as it
+    /// may.
+    #[error("connection limit of {max} reached")]
+    ConnectionLimit {
+        /// The limit ([`MeshConfig::max_connections`](crate::MeshConfig::max_connections)).
+        max: usize,
+    },
 }
 
 impl Error {
@@ -186,6 +193,7 @@ impl Error {
             Error::KeyNotFound(_) => "key_not_found",
             Error::Value(_) => "value",
             Error::Store(_) => "store",
+            Error::ConnectionLimit { .. } => "connection_limit",
         }
     }
 }

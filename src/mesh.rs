@@ -13,7 +13,7 @@ use tokio_stream::StreamExt;
 
 use crate::config::MeshConfig;
 use crate::error::{Error, Result};
-use crate::net::actor::{self, Cmd, Ctx, Service};
+use crate::net::actor::{self, Cmd, SyncParts};
 use crate::value::Value;
 use crate::wire::flags::{main, sub};
 use crate::wire::{ids, MessageId};
@@ -23,59 +23,7 @@ const CMD_CAPACITY: usize = 1024;
 /// Events buffered per subscriber before it starts missing some.
 const EVENT_CAPACITY: usize = 1024;
 
-/// How a peer encodes its ids, which tells which reference it behaves like.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PeerKind {
-    /// Sends its protocol id as bin: py2p.
-    Py,
-    /// Another rs2p node (bin ids and the rs2p marker in its handshake).
-    Rs,
-    /// Sends its protocol id as str: js2p.
-    Js,
-    /// No handshake yet.
-    Unknown,
-}
-
-/// A handshaken peer, as the routing table holds it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PeerInfo {
-    /// The peer's node id.
-    pub id: String,
-    /// The address it advertised, if any.
-    pub addr: Option<(String, u16)>,
-    /// True when we dialed it.
-    pub outgoing: bool,
-    /// Which reference it behaves like.
-    pub kind: PeerKind,
-}
-
-/// Counters of a node, for monitoring.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct NodeStats {
-    /// Handshaken peers.
-    pub peers: usize,
-    /// Open connections (handshaken or not).
-    pub connections: usize,
-    /// Broadcasts refused as older than the 60 s window.
-    pub expired_broadcasts: u64,
-    /// Frames refused as undecodable (their connection was dropped).
-    pub bad_frames: u64,
-    /// The last decoding error.
-    pub last_error: Option<String>,
-    /// Peers dropped because their send queue was full.
-    pub slow_peers_dropped: u64,
-    /// Broadcasts received for the first time (not counting our own).
-    pub broadcasts_received: u64,
-    /// Broadcasts received again (every neighbour relays them), or our
-    /// own echoing back.
-    pub duplicate_broadcasts: u64,
-    /// Broadcast frames relayed to peers.
-    pub relays: u64,
-    /// Relays not sent because the rs2p peer the broadcast came from had
-    /// already sent it to that neighbour (see the crate docs).
-    pub relays_pruned: u64,
-}
+pub use crate::proto::mesh::{NodeStats, PeerInfo, PeerKind};
 
 /// Something that happened to the node.
 #[derive(Clone, Debug)]
@@ -216,13 +164,10 @@ impl std::fmt::Debug for MeshSocket {
 impl MeshSocket {
     /// Binds a node and starts its actor.
     pub async fn bind(cfg: MeshConfig) -> Result<MeshSocket> {
-        MeshSocket::bind_with(cfg, Vec::new()).await
+        MeshSocket::bind_with(cfg, None).await
     }
 
-    pub(crate) async fn bind_with(
-        cfg: MeshConfig,
-        services: Vec<Box<dyn Service>>,
-    ) -> Result<MeshSocket> {
+    pub(crate) async fn bind_with(cfg: MeshConfig, sync: Option<SyncParts>) -> Result<MeshSocket> {
         cfg.validate()?;
         let listener = TcpListener::bind(cfg.bind).await?;
         let local_addr = listener.local_addr()?;
@@ -267,14 +212,26 @@ impl MeshSocket {
             drained,
             events,
         };
+        let node_settings = crate::proto::mesh::Settings {
+            id: id.clone().into_bytes(),
+            protocol_id: inner.protocol_id.clone().into_bytes(),
+            out_addr: out,
+            listen: (local_addr.ip().to_string(), local_addr.port()),
+            compression: cfg.compression.clone(),
+            limits: cfg.limits.clone(),
+            max_outgoing: cfg.max_outgoing,
+            max_connections: cfg.max_connections,
+            handshake_timeout: cfg.handshake_timeout,
+            seen_capacity: cfg.seen_capacity,
+            reconnect: cfg.reconnect,
+        };
         let handle = actor::start(
             cfg,
             (listener, transport),
-            id.into_bytes(),
-            out,
+            node_settings,
             shared,
             cmd_rx,
-            services,
+            sync,
         );
         if let Ok(mut a) = inner.actor.lock() {
             *a = Some(handle);
@@ -300,7 +257,7 @@ impl MeshSocket {
         (&self.inner.out_addr.0, self.inner.out_addr.1)
     }
 
-    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Result<T> {
+    pub(crate) async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Result<T> {
         let (tx, rx) = oneshot::channel();
         self.inner
             .cmd
@@ -358,7 +315,7 @@ impl MeshSocket {
             let drained = self.inner.drained.notified();
             tokio::pin!(drained);
             drained.as_mut().enable();
-            match self.run_in_actor(|ctx| ctx.crowded()).await {
+            match self.call(|reply| Cmd::Crowded { reply }).await {
                 Ok(true) => {}
                 _ => return,
             }
@@ -482,22 +439,6 @@ impl MeshSocket {
     pub async fn disconnect(&self, peer: &str) -> Result<bool> {
         let peer = peer.as_bytes().to_vec();
         self.call(|reply| Cmd::Disconnect { peer, reply }).await
-    }
-
-    pub(crate) async fn run_in_actor<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Ctx<'_>) -> T + Send + 'static,
-    ) -> Result<T> {
-        let (tx, rx) = oneshot::channel();
-        let call = Box::new(move |ctx: &mut Ctx<'_>| {
-            let _ = tx.send(f(ctx));
-        });
-        self.inner
-            .cmd
-            .send(Cmd::Call(call))
-            .await
-            .map_err(|_| Error::Closed)?;
-        rx.await.map_err(|_| Error::Closed)
     }
 
     /// Stops the node: closes the listener and every connection and ends

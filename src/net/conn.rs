@@ -15,7 +15,7 @@ use crate::net::transport::{BoxRead, Io};
 use crate::wire::{next_frame, Limits};
 
 /// Identifies a connection inside one node.
-pub(crate) type ConnId = u64;
+pub(crate) use crate::proto::ConnId;
 
 /// What connection tasks report to the actor.
 pub(crate) enum ConnEvent {

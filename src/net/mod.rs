@@ -1,8 +1,8 @@
-//! The tokio shell: one actor task owns all mesh state; each connection has
-//! a reader task and a writer task with a bounded queue.
+//! The tokio shell: one actor task drives the protocol core
+//! ([`proto::Node`](crate::proto::Node)); each connection has a reader task
+//! and a writer task with a bounded queue.
 
 pub(crate) mod actor;
-pub(crate) mod align;
 pub(crate) mod conn;
 pub(crate) mod tls;
 pub(crate) mod transport;

@@ -64,7 +64,7 @@ pub fn write_allowed(
     };
     let allowed = owner == new.owner.as_slice()
         || (kind == WriteKind::Delta && !leasing)
-        || timestamp < now - LEASE_SECS
+        || timestamp < now.saturating_sub(LEASE_SECS)
         || (timestamp == new.timestamp && owner > new.owner.as_slice())
         || (timestamp < new.timestamp && !leasing);
     if allowed {
@@ -72,7 +72,7 @@ pub fn write_allowed(
     } else {
         Err(Refused {
             owner: owner.to_vec(),
-            expires_at: timestamp + LEASE_SECS,
+            expires_at: timestamp.saturating_add(LEASE_SECS),
         })
     }
 }
@@ -128,7 +128,7 @@ impl Version {
         if self.deleted {
             self.meta.timestamp
         } else {
-            self.meta.timestamp + LEASE_SECS
+            self.meta.timestamp.saturating_add(LEASE_SECS)
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod flags;
 pub mod frame;
 pub mod ids;
 pub mod msgpack;
+pub mod packet;
 
 pub use compression::Compression;
 pub use frame::{next_frame, MessageId, Packed, WireMessage};

@@ -11,7 +11,7 @@ use std::hash::BuildHasher;
 use hashbrown::HashTable;
 
 /// An entry that knows its key.
-pub(super) trait Keyed {
+pub(crate) trait Keyed {
     fn key(&self) -> &[u8];
 }
 
@@ -19,7 +19,7 @@ pub(super) trait Keyed {
 const MIN_HOLES: usize = 32;
 
 /// Entries in insertion order, found by key.
-pub(super) struct Ordered<E> {
+pub(crate) struct Ordered<E> {
     /// Entries in insertion order; `None` where one was removed.
     slots: Vec<Option<E>>,
     /// Positions in `slots` of the live entries, by key hash.

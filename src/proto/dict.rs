@@ -1,0 +1,501 @@
+//! The dictionary ([`Dict`]): entries, tombstones, and the write and merge
+//! rules applied to them. Its storage is kept small, kept small: one heap allocation per key holding
+//! the key and its value's msgpack encoding, and a 48-byte entry per key in
+//! an insertion-ordered table (`Ordered`).
+//!
+//! A [`Value`] tree for a 100-byte binary costs a 32-byte enum plus a heap
+//! block, and a boxed key another block of at least 32 bytes; packing key and
+//! encoded value together roughly halves the memory of a dictionary of small
+//! values (issue 7's 100,000-key figure). Reads decode the value, which for
+//! the small values this store is meant for costs about as much as the clone
+//! a read made before.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use super::ordered::{Keyed, Ordered};
+use crate::proto::sync::{supersedes, write_allowed, Meta, Refused, Version, WriteKind};
+use crate::value::Value;
+use crate::wire::{msgpack, Limits};
+
+/// Bytes of the key-length prefix of a record.
+const LEN: usize = 4;
+
+/// A key and its value's msgpack encoding in one allocation:
+/// `key_len (u32, LE) || key || value`.
+struct Record(Box<[u8]>);
+
+impl Record {
+    fn new(key: &[u8], value: &Value) -> Record {
+        let mut buf = Vec::with_capacity(LEN + key.len() + 16);
+        // Keys come from frames bounded far below 4 GiB (Limits::max_frame),
+        // or from the local API: a longer key is cut at the prefix's range,
+        // which can only make it unreachable, never corrupt a neighbour.
+        let len = u32::try_from(key.len()).unwrap_or(u32::MAX);
+        buf.extend_from_slice(&len.to_le_bytes());
+        buf.extend_from_slice(&key[..len as usize]);
+        msgpack::encode_into(value, &mut buf);
+        Record(buf.into_boxed_slice())
+    }
+
+    fn key_len(&self) -> usize {
+        let mut n = [0u8; LEN];
+        n.copy_from_slice(&self.0[..LEN]);
+        u32::from_le_bytes(n) as usize
+    }
+
+    fn key(&self) -> &[u8] {
+        &self.0[LEN..LEN + self.key_len()]
+    }
+
+    fn value_bytes(&self) -> &[u8] {
+        &self.0[LEN + self.key_len()..]
+    }
+}
+
+/// Who wrote a key's value, when, and since when they have held it.
+#[derive(Clone, Debug)]
+pub(crate) struct Slot {
+    /// The writer's id (shared between the entries it wrote).
+    pub owner: Arc<[u8]>,
+    /// The write's time.
+    pub timestamp: i64,
+    /// When the owner's lease began (for partition healing).
+    pub since: i64,
+}
+
+/// Limits for decoding what this table encoded itself: no depth or element
+/// limit beyond what the value had when it was stored (a local write may be
+/// deeper than the network limits allow).
+const STORED: Limits = Limits {
+    max_frame: usize::MAX,
+    max_decompressed: usize::MAX,
+    max_depth: usize::MAX,
+    max_elements: usize::MAX,
+};
+
+/// One key: its record and slot.
+pub(crate) struct Entry {
+    record: Record,
+    slot: Slot,
+}
+
+impl Keyed for Entry {
+    fn key(&self) -> &[u8] {
+        self.record.key()
+    }
+}
+
+impl Entry {
+    pub fn key(&self) -> &[u8] {
+        self.record.key()
+    }
+
+    /// The value's msgpack encoding.
+    pub fn value_bytes(&self) -> &[u8] {
+        self.record.value_bytes()
+    }
+
+    /// The value, decoded.
+    pub fn value(&self) -> Value {
+        // The bytes are this table's own encoding of a Value, and encoding
+        // and decoding round-trip every Value (tests/codec_props.rs); nil
+        // stands in should that ever break rather than a panic.
+        let v = msgpack::decode(self.value_bytes(), &STORED);
+        debug_assert!(v.is_ok(), "stored value does not decode: {v:?}");
+        v.unwrap_or(Value::Nil)
+    }
+
+    pub fn slot(&self) -> &Slot {
+        &self.slot
+    }
+
+    pub fn meta(&self) -> Meta {
+        Meta {
+            owner: self.slot.owner.to_vec(),
+            timestamp: self.slot.timestamp,
+        }
+    }
+}
+
+/// Keys in insertion order, each with its value and [`Slot`].
+#[derive(Default)]
+pub(crate) struct Table {
+    map: Ordered<Entry>,
+}
+
+impl Table {
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn get(&self, key: &[u8]) -> Option<&Entry> {
+        self.map.get(key)
+    }
+
+    pub fn contains_key(&self, key: &[u8]) -> bool {
+        self.map.contains_key(key)
+    }
+
+    /// Sets a key; a key already present keeps its place in the order.
+    pub fn insert(&mut self, key: &[u8], value: &Value, slot: Slot) {
+        self.map.insert(Entry {
+            record: Record::new(key, value),
+            slot,
+        });
+    }
+
+    /// Removes a key, keeping the order of the others; true if it was there.
+    pub fn remove(&mut self, key: &[u8]) -> bool {
+        self.map.remove(key).is_some()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Entry> {
+        self.map.iter()
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
+        self.map.iter().map(Entry::key)
+    }
+
+    /// The most recently inserted entry.
+    pub fn last(&self) -> Option<&Entry> {
+        self.map.last()
+    }
+}
+
+/// A deleted key: who deleted it, when, and since when they held the lease.
+pub(crate) struct Tomb {
+    pub key: Box<[u8]>,
+    pub meta: Meta,
+    pub since: i64,
+}
+
+impl Keyed for Tomb {
+    fn key(&self) -> &[u8] {
+        &self.key
+    }
+}
+
+/// Tombstones kept at most; the oldest are forgotten first.
+pub const MAX_TOMBSTONES: usize = 100_000;
+/// How long a tombstone is kept: a partition healing later than this may
+/// bring a deleted key back.
+pub const TOMBSTONE_SECS: i64 = 24 * 3600;
+/// Owner ids seen last, shared by the entries they wrote.
+const OWNER_CACHE: usize = 16;
+
+/// What a write changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Changed {
+    /// Nothing (a delete of a missing key, a version that lost).
+    Nothing,
+    /// The key now holds the value.
+    Set,
+    /// The key was deleted.
+    Deleted,
+}
+
+/// The replicated dictionary: entries in insertion order (as a Python dict
+/// iterates), and the tombstones of deleted keys, which rs2p nodes exchange
+/// so a delete made during a partition stays deleted.
+///
+/// ```
+/// use rs2p::proto::dict::{Changed, Dict};
+/// use rs2p::proto::sync::{Meta, WriteKind};
+/// use rs2p::Value;
+/// let mut d = Dict::default();
+/// let a = Meta { owner: b"A".to_vec(), timestamp: 100 };
+/// let b = Meta { owner: b"B".to_vec(), timestamp: 101 };
+/// assert_eq!(d.apply(b"k", &Value::from(1), &a, WriteKind::Store, true, 100), Ok((Changed::Set, 100)));
+/// assert!(d.apply(b"k", &Value::from(2), &b, WriteKind::Store, true, 101).is_err()); // A's lease
+/// assert_eq!(d.get(b"k"), Some(Value::from(1)));
+/// ```
+#[derive(Default)]
+pub struct Dict {
+    pub(crate) map: Table,
+    owners: VecDeque<Arc<[u8]>>,
+    pub(crate) tombs: Ordered<Tomb>,
+}
+
+impl Dict {
+    /// The shared copy of an owner id.
+    fn owner(&mut self, id: &[u8]) -> Arc<[u8]> {
+        if let Some(o) = self.owners.iter().find(|o| ***o == *id) {
+            return o.clone();
+        }
+        let o: Arc<[u8]> = id.into();
+        if self.owners.len() >= OWNER_CACHE {
+            self.owners.pop_front();
+        }
+        self.owners.push_back(o.clone());
+        o
+    }
+
+    fn slot(&mut self, meta: &Meta, since: i64) -> Slot {
+        Slot {
+            owner: self.owner(&meta.owner),
+            timestamp: meta.timestamp,
+            since,
+        }
+    }
+
+    /// The value of a key.
+    pub fn get(&self, key: &[u8]) -> Option<Value> {
+        self.map.get(key).map(Entry::value)
+    }
+
+    /// Owner and time of a key's value.
+    pub fn meta(&self, key: &[u8]) -> Option<Meta> {
+        self.map.get(key).map(Entry::meta)
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True when there is no key.
+    pub fn is_empty(&self) -> bool {
+        self.map.len() == 0
+    }
+
+    /// Number of tombstones held.
+    pub fn tombstones(&self) -> usize {
+        self.tombs.len()
+    }
+
+    /// Every entry with its version (values, owners, times, lease starts),
+    /// in insertion order.
+    pub fn versions(&self) -> impl Iterator<Item = (&[u8], Value, Version)> {
+        self.map.iter().map(|e| {
+            (
+                e.key(),
+                e.value(),
+                Version {
+                    meta: e.meta(),
+                    since: e.slot().since,
+                    deleted: false,
+                },
+            )
+        })
+    }
+
+    /// The version of a key held here: its value's, or its tombstone's.
+    pub fn version(&self, key: &[u8]) -> Option<Version> {
+        if let Some(e) = self.map.get(key) {
+            return Some(Version {
+                meta: e.meta(),
+                since: e.slot().since,
+                deleted: false,
+            });
+        }
+        self.tombs.get(key).map(|t| Version {
+            meta: t.meta.clone(),
+            since: t.since,
+            deleted: true,
+        })
+    }
+
+    /// Loads an entry (or, with `None`, a tombstone) as a store kept it.
+    pub fn load(&mut self, key: &[u8], value: Option<&Value>, meta: Meta, since: i64) {
+        match value {
+            Some(v) => {
+                let slot = self.slot(&meta, since);
+                self.map.insert(key, v, slot);
+            }
+            None => {
+                self.tombs.insert(Tomb {
+                    key: key.into(),
+                    meta,
+                    since,
+                });
+            }
+        }
+    }
+
+    fn bury(&mut self, key: &[u8], meta: Meta, since: i64, now: i64) {
+        // A newer delete goes to the end: tombstones stay in time order.
+        self.tombs.remove(key);
+        self.tombs.insert(Tomb {
+            key: key.into(),
+            meta,
+            since,
+        });
+        while self.tombs.len() > MAX_TOMBSTONES
+            || self
+                .tombs
+                .first()
+                .is_some_and(|t| t.meta.timestamp < now.saturating_sub(TOMBSTONE_SECS))
+        {
+            self.tombs.pop_first();
+        }
+    }
+
+    /// Applies a live write (a store, a delete — a store of nil — or a
+    /// merged delta) under the references' lease rule. Returns what changed
+    /// and the lease start of the version now held.
+    pub fn apply(
+        &mut self,
+        key: &[u8],
+        value: &Value,
+        meta: &Meta,
+        kind: WriteKind,
+        leasing: bool,
+        now: i64,
+    ) -> Result<(Changed, i64), Refused> {
+        let current = self.map.get(key).map(|e| e.slot());
+        write_allowed(
+            current.map(|s| (&*s.owner, s.timestamp)),
+            meta,
+            kind,
+            leasing,
+            now,
+        )?;
+        let since = match current {
+            Some(s) if *s.owner == *meta.owner => s.since,
+            _ => meta.timestamp,
+        };
+        let changed = if value.is_nil() && kind == WriteKind::Store {
+            if self.map.remove(key) {
+                self.bury(key, meta.clone(), since, now);
+                Changed::Deleted
+            } else {
+                Changed::Nothing
+            }
+        } else {
+            self.tombs.remove(key);
+            let slot = self.slot(meta, since);
+            self.map.insert(key, value, slot);
+            Changed::Set
+        };
+        Ok((changed, since))
+    }
+
+    /// Applies a version received from an rs2p node (a state transfer or a
+    /// reconciliation) when it supersedes ours (see [`supersedes`]).
+    pub fn merge(
+        &mut self,
+        key: &[u8],
+        value: &Value,
+        version: &Version,
+        leasing: bool,
+        now: i64,
+    ) -> Changed {
+        if let Some(cur) = self.version(key) {
+            let wins = supersedes(&cur, version, leasing)
+                || (cur == *version
+                    && !version.deleted
+                    && self.map.get(key).is_some_and(|e| {
+                        // Two writes by one owner in one second: keep the
+                        // larger encoding everywhere, so both ends agree.
+                        msgpack::encode(value).as_slice() > e.value_bytes()
+                    }));
+            if !wins {
+                return Changed::Nothing;
+            }
+        } else if version.deleted {
+            // A tombstone for a key we never had: remember it.
+            self.bury(key, version.meta.clone(), version.since, now);
+            return Changed::Nothing;
+        }
+        if version.deleted {
+            let had = self.map.remove(key);
+            self.bury(key, version.meta.clone(), version.since, now);
+            if had {
+                Changed::Deleted
+            } else {
+                Changed::Nothing
+            }
+        } else {
+            self.tombs.remove(key);
+            let slot = self.slot(&version.meta, version.since);
+            self.map.insert(key, value, slot);
+            Changed::Set
+        }
+    }
+
+    /// The references' rule for a state transfer from py2p or js2p: it
+    /// never overwrites a value held (nor, here, brings back a key deleted
+    /// after that write).
+    pub(crate) fn reference_transfer_blocked(&self, key: &[u8], timestamp: i64) -> bool {
+        self.map.get(key).is_some_and(|e| e.value().is_truthy())
+            || self
+                .tombs
+                .get(key)
+                .is_some_and(|t| t.meta.timestamp >= timestamp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(ts: i64) -> Slot {
+        Slot {
+            owner: Arc::from(&b"owner"[..]),
+            timestamp: ts,
+            since: ts,
+        }
+    }
+
+    #[test]
+    fn keeps_keys_values_and_order() {
+        let mut t = Table::default();
+        let values = [
+            Value::Bin(vec![7; 100]),
+            Value::from("测试"),
+            Value::Nil,
+            Value::Array(vec![1.into(), Value::F32(1.5), Value::from(-3)]),
+            Value::Map(vec![(Value::from("k"), Value::Bool(true))]),
+        ];
+        for (i, v) in values.iter().enumerate() {
+            t.insert(format!("key{i}").as_bytes(), v, slot(i as i64));
+        }
+        t.insert(b"", &Value::from(u64::MAX), slot(9));
+        assert_eq!(t.len(), 6);
+        for (i, v) in values.iter().enumerate() {
+            let e = t.get(format!("key{i}").as_bytes()).unwrap();
+            assert_eq!(&e.value(), v);
+            assert_eq!(e.slot().timestamp, i as i64);
+            assert_eq!(e.meta().owner, b"owner");
+        }
+        assert_eq!(t.get(b"").unwrap().value(), Value::from(u64::MAX));
+        // Overwriting keeps the place; removing keeps the others' order.
+        t.insert(b"key1", &Value::from(1), slot(10));
+        assert!(t.remove(b"key0"));
+        assert!(!t.remove(b"key0"));
+        let keys: Vec<&[u8]> = t.keys().collect();
+        assert_eq!(
+            keys,
+            [&b"key1"[..], b"key2", b"key3", b"key4", b""].to_vec()
+        );
+        assert_eq!(t.get(b"key1").unwrap().value(), Value::from(1));
+        assert_eq!(t.get(b"key1").unwrap().slot().timestamp, 10);
+        assert_eq!(t.last().unwrap().key(), b"");
+        assert!(t.contains_key(b"key4") && !t.contains_key(b"key"));
+    }
+
+    #[test]
+    fn deeper_than_the_network_limit_round_trips() {
+        let mut v = Value::from(1);
+        for _ in 0..200 {
+            v = Value::Array(vec![v]);
+        }
+        let mut t = Table::default();
+        t.insert(b"deep", &v, slot(1));
+        assert_eq!(t.get(b"deep").unwrap().value(), v);
+    }
+
+    #[test]
+    fn many_keys_are_all_found() {
+        let mut t = Table::default();
+        for i in 0..10_000u32 {
+            t.insert(&i.to_be_bytes(), &Value::from(i), slot(0));
+        }
+        for i in 0..10_000u32 {
+            assert_eq!(t.get(&i.to_be_bytes()).unwrap().value(), Value::from(i));
+        }
+        assert!(t.get(&10_000u32.to_be_bytes()).is_none());
+    }
+}

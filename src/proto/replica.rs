@@ -1,0 +1,504 @@
+//! The sync state machine (PROTOCOL.md §8): local writes checked against the
+//! lease rule and broadcast, live writes from peers, state transfers to new
+//! peers paced by what they read, and merges of the versions rs2p nodes
+//! exchange after a partition.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+
+use super::dict::{Changed, Dict};
+use super::mesh::{Incoming, Mesh, PeerKind};
+use super::sync::{merge_delta, Meta, Refused, Version, WriteKind};
+use super::{ConnId, Now, Output};
+use crate::error::{Error, Result};
+use crate::value::Value;
+use crate::wire::flags::{main, sub};
+use crate::wire::packet::{Packet, Store};
+use crate::wire::{msgpack, Packed};
+
+/// Size of one chunk of a state transfer handed to a connection.
+const TRANSFER_CHUNK: usize = 256 * 1024;
+/// Keys framed per step of a state transfer.
+const TRANSFER_BATCH: usize = 1024;
+/// A state transfer is fed to a peer while less than this is queued for it.
+pub const TRANSFER_WINDOW: usize = 8 << 20;
+/// The msgpack encoding of nil: a tombstone's value.
+const NIL: &[u8] = &[0xc0];
+
+/// A change to the dictionary, to persist and to tell the user.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Change {
+    /// The key now holds this value.
+    Set {
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Value,
+        /// The writer in force.
+        meta: Meta,
+        /// When its lease began.
+        since: i64,
+    },
+    /// The key was deleted.
+    Deleted {
+        /// The key.
+        key: Vec<u8>,
+        /// Who deleted it, and when.
+        meta: Meta,
+        /// When the deleter's lease began.
+        since: i64,
+    },
+}
+
+/// How much more a connection's send queue may take: the shell's answer
+/// for state-transfer pacing (`None` once the connection is gone).
+pub trait Room {
+    /// Bytes queued towards `conn` and not yet written, and the most that
+    /// may be.
+    fn queued(&self, conn: ConnId) -> Option<(usize, usize)>;
+}
+
+/// A [`Room`] without limits (the simulator's links take everything).
+pub struct Unbounded;
+
+impl Room for Unbounded {
+    fn queued(&self, _conn: ConnId) -> Option<(usize, usize)> {
+        Some((0, usize::MAX))
+    }
+}
+
+struct Transfer {
+    conn: ConnId,
+    rs2p: bool,
+    keys: Vec<Box<[u8]>>,
+    next: usize,
+}
+
+/// A state-transfer store `[store, key, value, owner, timestamp]`, with the
+/// lease start as a sixth packet between rs2p nodes (`since`), encoded
+/// packet after packet from the value's encoding (as the dictionary keeps
+/// it).
+struct TransferItem {
+    count: usize,
+    payload: Vec<u8>,
+}
+
+impl TransferItem {
+    fn new(key: &[u8], value: &[u8], owner: &[u8], timestamp: i64, since: Option<i64>) -> Self {
+        let mut payload = Vec::with_capacity(24 + key.len() + value.len() + owner.len());
+        msgpack::encode_into(&Value::from(sub::STORE), &mut payload);
+        msgpack::encode_bin(key, &mut payload);
+        payload.extend_from_slice(value);
+        msgpack::encode_bin(owner, &mut payload);
+        msgpack::encode_int(timestamp.into(), &mut payload);
+        if let Some(since) = since {
+            msgpack::encode_int(since.into(), &mut payload);
+        }
+        TransferItem {
+            count: 5 + usize::from(since.is_some()),
+            payload,
+        }
+    }
+}
+
+/// The dictionary's state machine. The dictionary itself sits behind a
+/// mutex that the handle's synchronous reads share; the replica is its only
+/// writer.
+pub struct Replica {
+    dict: Arc<Mutex<Dict>>,
+    leasing: bool,
+    transfers: Vec<Transfer>,
+}
+
+fn key_text(key: &[u8]) -> String {
+    String::from_utf8_lossy(key).into_owned()
+}
+
+fn lease_error(key: &[u8], r: Refused) -> Error {
+    Error::LeaseHeld {
+        key: key_text(key),
+        owner: key_text(&r.owner),
+        expires_at: r.expires_at,
+    }
+}
+
+impl Replica {
+    /// A replica of `dict`, with leases enforced or not.
+    pub fn new(dict: Arc<Mutex<Dict>>, leasing: bool) -> Replica {
+        Replica {
+            dict,
+            leasing,
+            transfers: Vec::new(),
+        }
+    }
+
+    /// The dictionary (reads take its lock briefly).
+    pub fn dict(&self) -> &Arc<Mutex<Dict>> {
+        &self.dict
+    }
+
+    /// True when leases are enforced.
+    pub fn leasing(&self) -> bool {
+        self.leasing
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Dict> {
+        // A poisoned lock only means a panic elsewhere while holding it; the
+        // dictionary is consistent between statements.
+        self.dict.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn announce(
+        mesh: &mut Mesh,
+        key: &[u8],
+        changed: Changed,
+        value: Value,
+        meta: Meta,
+        since: i64,
+    ) {
+        let change = match changed {
+            Changed::Nothing => return,
+            Changed::Set => Change::Set {
+                key: key.to_vec(),
+                value,
+                meta,
+                since,
+            },
+            Changed::Deleted => Change::Deleted {
+                key: key.to_vec(),
+                meta,
+                since,
+            },
+        };
+        mesh.push(Output::Sync(change));
+    }
+
+    fn apply(
+        &self,
+        mesh: &mut Mesh,
+        key: &[u8],
+        value: Value,
+        meta: Meta,
+        kind: WriteKind,
+        now: Now,
+    ) -> std::result::Result<(), Refused> {
+        let (changed, since) =
+            self.lock()
+                .apply(key, &value, &meta, kind, self.leasing, now.unix)?;
+        Self::announce(mesh, key, changed, value, meta, since);
+        Ok(())
+    }
+
+    // ----- commands -----
+
+    /// Sets a key (a nil value deletes it) and broadcasts the store. Fails
+    /// with [`Error::LeaseHeld`], sending nothing, when another node holds
+    /// the key's lease.
+    pub fn set(&mut self, mesh: &mut Mesh, key: Vec<u8>, value: Value, now: Now) -> Result<()> {
+        let meta = Meta {
+            owner: mesh.id().to_vec(),
+            timestamp: now.unix,
+        };
+        self.apply(mesh, &key, value.clone(), meta, WriteKind::Store, now)
+            .map_err(|r| lease_error(&key, r))?;
+        mesh.send(
+            main::BROADCAST,
+            &[Value::from(sub::STORE), Value::Bin(key), value],
+            now,
+        );
+        Ok(())
+    }
+
+    /// Merges a map into the map at `key` and broadcasts the delta.
+    pub fn apply_delta(
+        &mut self,
+        mesh: &mut Mesh,
+        key: Vec<u8>,
+        entries: Vec<(Value, Value)>,
+        now: Now,
+    ) -> Result<()> {
+        let meta = Meta {
+            owner: mesh.id().to_vec(),
+            timestamp: now.unix,
+        };
+        let current = self.lock().get(&key);
+        let merged =
+            merge_delta(current.as_ref(), &entries).map_err(|found| Error::NotAMapping {
+                key: key_text(&key),
+                found,
+            })?;
+        self.apply(mesh, &key, merged, meta, WriteKind::Delta, now)
+            .map_err(|r| lease_error(&key, r))?;
+        mesh.send(
+            main::BROADCAST,
+            &[
+                Value::from(sub::DELTA),
+                Value::Bin(key),
+                Value::Map(entries),
+            ],
+            now,
+        );
+        Ok(())
+    }
+
+    // ----- peers -----
+
+    /// A peer joined: its state transfer starts — every key with its
+    /// metadata (rs2p peers also get lease starts and tombstones), fed as
+    /// the peer reads it.
+    pub(crate) fn on_peer(&mut self, mesh: &mut Mesh, conn: ConnId, room: &dyn Room, now: Now) {
+        let rs2p = mesh.peer_kind(conn) == PeerKind::Rs;
+        let keys: Vec<Box<[u8]>> = {
+            let d = self.lock();
+            let mut keys: Vec<Box<[u8]>> = d.map.keys().map(Box::from).collect();
+            if rs2p {
+                keys.extend(d.tombs.iter().map(|t| t.key.clone()));
+            }
+            keys
+        };
+        self.transfers.retain(|t| t.conn != conn);
+        self.transfers.push(Transfer {
+            conn,
+            rs2p,
+            keys,
+            next: 0,
+        });
+        self.pump(mesh, room, now);
+    }
+
+    /// True while a state transfer is under way.
+    pub fn transferring(&self) -> bool {
+        !self.transfers.is_empty()
+    }
+
+    /// Moves state transfers along as peers' queues drain; true while work
+    /// is left.
+    pub(crate) fn pump(&mut self, mesh: &mut Mesh, room: &dyn Room, now: Now) -> bool {
+        let mut jobs = std::mem::take(&mut self.transfers);
+        jobs.retain_mut(|job| loop {
+            if !mesh.has_conn(job.conn) {
+                return false;
+            }
+            match room.queued(job.conn) {
+                None => return false,
+                // Keep the transfer to a quarter of the peer's queue.
+                Some((q, max)) if q + mesh.unsent(job.conn) >= TRANSFER_WINDOW.min(max / 4) => {
+                    return true
+                }
+                Some(_) => {}
+            }
+            if job.next >= job.keys.len() {
+                return false;
+            }
+            let mut items = Vec::new();
+            {
+                let d = self.lock();
+                while job.next < job.keys.len() && items.len() < TRANSFER_BATCH {
+                    let key = &job.keys[job.next];
+                    job.next += 1;
+                    // Keys changed or deleted since the snapshot are sent
+                    // as they are now (live broadcasts carry the rest).
+                    if let Some(e) = d.map.get(key) {
+                        let s = e.slot();
+                        items.push(TransferItem::new(
+                            key,
+                            e.value_bytes(),
+                            &s.owner,
+                            s.timestamp,
+                            job.rs2p.then_some(s.since),
+                        ));
+                    } else if job.rs2p {
+                        if let Some(t) = d.tombs.get(key) {
+                            items.push(TransferItem::new(
+                                key,
+                                NIL,
+                                &t.meta.owner,
+                                t.meta.timestamp,
+                                Some(t.since),
+                            ));
+                        }
+                    }
+                }
+            }
+            send_transfer(mesh, job.conn, &items, now);
+        });
+        self.transfers = jobs;
+        !self.transfers.is_empty()
+    }
+
+    /// A message for the dictionary; false when it is not one.
+    pub(crate) fn on_message(&mut self, mesh: &mut Mesh, inc: &Incoming, now: Now) -> bool {
+        match &inc.packet {
+            Packet::Store(Store {
+                key,
+                value,
+                transfer: Some(t),
+            }) => {
+                let version = Version {
+                    meta: Meta {
+                        owner: t.owner.clone(),
+                        timestamp: t.timestamp,
+                    },
+                    since: t.since.unwrap_or(t.timestamp).min(t.timestamp),
+                    deleted: value.is_nil(),
+                };
+                if t.since.is_none() {
+                    self.reference_transfer(mesh, key, value.clone(), version, now);
+                } else {
+                    self.merge_transfer(mesh, inc.conn, key, value, version, now);
+                }
+                true
+            }
+            Packet::Store(Store {
+                key,
+                value,
+                transfer: None,
+            }) => {
+                let meta = Meta {
+                    owner: inc.msg.sender.clone(),
+                    timestamp: inc.msg.time,
+                };
+                let _ = self.apply(mesh, key, value.clone(), meta, WriteKind::Store, now);
+                true
+            }
+            Packet::Delta { key, delta } => {
+                let meta = Meta {
+                    owner: inc.msg.sender.clone(),
+                    timestamp: inc.msg.time,
+                };
+                let current = self.lock().get(key);
+                if let Ok(merged) = merge_delta(current.as_ref(), delta) {
+                    let _ = self.apply(mesh, key, merged, meta, WriteKind::Delta, now);
+                }
+                true
+            }
+            // A store or delta with malformed fields: consumed, as the
+            // references would (they drop the link instead).
+            Packet::Ignored(_) => true,
+            _ => false,
+        }
+    }
+
+    /// A state-transfer item from py2p or js2p: **the references' rule**, a
+    /// state transfer never overwrites a value already held (nor, here,
+    /// brings back a key deleted after that write), and carries no deletes.
+    fn reference_transfer(
+        &mut self,
+        mesh: &mut Mesh,
+        key: &[u8],
+        value: Value,
+        version: Version,
+        now: Now,
+    ) {
+        if version.deleted
+            || self
+                .lock()
+                .reference_transfer_blocked(key, version.meta.timestamp)
+        {
+            return;
+        }
+        let _ = self.apply(mesh, key, value, version.meta, WriteKind::Store, now);
+    }
+
+    /// A version from an rs2p node: kept when it supersedes ours, and then
+    /// passed on to the other rs2p peers, so a healed partition converges
+    /// even without direct links.
+    fn merge_transfer(
+        &mut self,
+        mesh: &mut Mesh,
+        from: ConnId,
+        key: &[u8],
+        value: &Value,
+        version: Version,
+        now: Now,
+    ) {
+        let changed = self
+            .lock()
+            .merge(key, value, &version, self.leasing, now.unix);
+        if changed == Changed::Nothing {
+            return;
+        }
+        let item = [TransferItem::new(
+            key,
+            &msgpack::encode(value),
+            &version.meta.owner,
+            version.meta.timestamp,
+            Some(version.since),
+        )];
+        for conn in mesh.routed(Some(PeerKind::Rs)) {
+            if conn != from {
+                send_transfer(mesh, conn, &item, now);
+            }
+        }
+        let since = version.since;
+        Self::announce(mesh, key, changed, value.clone(), version.meta, since);
+    }
+}
+
+/// Frames state-transfer items and queues them in chunks.
+fn send_transfer(mesh: &mut Mesh, conn: ConnId, items: &[TransferItem], now: Now) {
+    let mut chunk: Vec<Bytes> = Vec::new();
+    let mut chunk_len = 0;
+    for item in items {
+        let packed = Packed::from_encoded_payload(
+            main::WHISPER,
+            mesh.id(),
+            now.unix,
+            item.count,
+            &item.payload,
+        );
+        let frame = packed.to_frame(mesh.send_method(conn, packed.body().len()));
+        chunk_len += frame.len();
+        chunk.push(frame);
+        if chunk_len >= TRANSFER_CHUNK {
+            mesh.send_frames(conn, &std::mem::take(&mut chunk), now);
+            chunk_len = 0;
+        }
+    }
+    if !chunk.is_empty() {
+        mesh.send_frames(conn, &chunk, now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A transfer item packs to the same message, byte for byte, as the
+    /// packets it stands for.
+    #[test]
+    fn transfer_items_pack_like_their_packets() {
+        let value = Value::Map(vec![(Value::from("a"), Value::Bin(vec![1; 300]))]);
+        for since in [None, Some(1_700_000_000)] {
+            for v in [value.clone(), Value::Nil, Value::from(-5)] {
+                let item = TransferItem::new(
+                    b"key",
+                    &msgpack::encode(&v),
+                    b"owner-id",
+                    1_795_733_000,
+                    since,
+                );
+                let mut packets = vec![
+                    Value::from(sub::STORE),
+                    Value::Bin(b"key".to_vec()),
+                    v,
+                    Value::Bin(b"owner-id".to_vec()),
+                    Value::from(1_795_733_000i64),
+                ];
+                packets.extend(since.map(Value::from));
+                let want = Packed::new(main::WHISPER, b"me", 42, &packets);
+                let got = Packed::from_encoded_payload(
+                    main::WHISPER,
+                    b"me",
+                    42,
+                    item.count,
+                    &item.payload,
+                );
+                assert_eq!(got, want);
+            }
+        }
+        assert_eq!(msgpack::encode(&Value::Nil), NIL);
+    }
+}
