@@ -6,7 +6,7 @@
 //! for py2p or js2p compatibility are named in the doc of the method that
 //! applies them and tested in this module.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -259,10 +259,14 @@ pub(crate) enum Upcall {
 }
 
 /// The mesh state machine.
+///
+/// Connections and the routing table are ordered maps: the outputs of one
+/// input come in the same order in every run (the simulator relies on it),
+/// and the tables are bounded by the connection limit.
 pub struct Mesh {
     cfg: Settings,
-    links: HashMap<ConnId, Link>,
-    routing: HashMap<Vec<u8>, ConnId>,
+    links: BTreeMap<ConnId, Link>,
+    routing: BTreeMap<Vec<u8>, ConnId>,
     seen: Seen,
     next_conn: ConnId,
     pending_requests: HashMap<Vec<u8>, Vec<Value>>,
@@ -294,8 +298,8 @@ impl Mesh {
         Mesh {
             seen: Seen::new(cfg.seen_capacity),
             cfg,
-            links: HashMap::new(),
-            routing: HashMap::new(),
+            links: BTreeMap::new(),
+            routing: BTreeMap::new(),
             next_conn: 1,
             pending_requests: HashMap::new(),
             after_connect: HashMap::new(),
