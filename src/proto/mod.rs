@@ -40,6 +40,8 @@ mod ordered;
 pub mod replica;
 pub mod seen;
 pub mod sync;
+#[cfg(test)]
+mod tests;
 
 use std::time::Duration;
 

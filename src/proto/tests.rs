@@ -1,0 +1,309 @@
+//! Virtual-time tests of the core's timed rules: the 60 s broadcast window,
+//! the one-hour lease and its same-second tie, 24 h tombstones, re-dial
+//! backoff. Nodes are wired to each other directly; time only moves when a
+//! test moves it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::dict::Dict;
+use super::mesh::{Settings, FIRST_BACKOFF, MAX_BACKOFF, REDIAL_FOR};
+use super::replica::{Replica, Unbounded};
+use super::sync::LEASE_SECS;
+use super::{ConnId, Event, Node, Now, Output};
+use crate::error::Error;
+use crate::value::Value;
+use crate::wire::flags::{main, sub};
+use crate::wire::{next_frame, Limits, Packed};
+
+const T0: i64 = 1_800_000_000;
+
+/// Nodes wired directly: what one transmits, the other handles at once.
+struct Net {
+    nodes: Vec<Node>,
+    dicts: Vec<Arc<Mutex<Dict>>>,
+    wires: HashMap<(usize, ConnId), (usize, ConnId)>,
+    now: Now,
+    /// Dials succeed only while true.
+    reachable: bool,
+    /// Times of every dial, per node.
+    dials: Vec<Vec<Duration>>,
+    events: Vec<(usize, Event)>,
+    received: Vec<(usize, Vec<Value>)>,
+}
+
+impl Net {
+    fn new(ids: &[&str]) -> Net {
+        let dicts: Vec<_> = ids.iter().map(|_| Arc::new(Mutex::new(Dict::default()))).collect();
+        let nodes = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let settings = Settings::new(id.as_bytes().to_vec(), "sync1", ("h", i as u16 + 1));
+                Node::new(settings, Some(Replica::new(dicts[i].clone(), true)), i as u64)
+            })
+            .collect();
+        Net {
+            nodes,
+            dicts,
+            wires: HashMap::new(),
+            now: Now {
+                elapsed: Duration::ZERO,
+                unix: T0,
+            },
+            reachable: true,
+            dials: vec![Vec::new(); ids.len()],
+            events: Vec::new(),
+            received: Vec::new(),
+        }
+    }
+
+    /// Carries out outputs until every node is quiet.
+    fn settle(&mut self) {
+        loop {
+            let mut any = false;
+            for i in 0..self.nodes.len() {
+                while let Some(out) = self.nodes[i].poll_output() {
+                    any = true;
+                    self.carry_out(i, out);
+                }
+            }
+            if !any {
+                return;
+            }
+        }
+    }
+
+    fn carry_out(&mut self, i: usize, out: Output) {
+        let now = self.now;
+        match out {
+            Output::Transmit { conn, bytes } => {
+                if let Some(&(j, theirs)) = self.wires.get(&(i, conn)) {
+                    let mut buf = bytes::BytesMut::from(&bytes[..]);
+                    while let Ok(Some(body)) = next_frame(&mut buf, &Limits::default()) {
+                        self.nodes[j].handle_frame(theirs, body, &Unbounded, now);
+                    }
+                }
+            }
+            Output::Dial { conn, port, .. } => {
+                self.dials[i].push(now.elapsed);
+                let j = usize::from(port) - 1;
+                if !self.reachable || j >= self.nodes.len() {
+                    return self.nodes[i].handle_failed(conn);
+                }
+                let theirs = self.nodes[j].accept(now).expect("under the limit");
+                self.wires.insert((i, conn), (j, theirs));
+                self.wires.insert((j, theirs), (i, conn));
+                self.nodes[j].handle_ready(theirs, now);
+                self.nodes[i].handle_ready(conn, now);
+            }
+            Output::Close { conn } => {
+                if let Some((j, theirs)) = self.wires.remove(&(i, conn)) {
+                    self.wires.remove(&(j, theirs));
+                    self.nodes[j].handle_closed(theirs, "closed by the peer", now);
+                }
+            }
+            Output::Event(e) => self.events.push((i, e)),
+            Output::Received(r) => self.received.push((i, r.packets)),
+            Output::Sync(_) => {}
+        }
+    }
+
+    fn connect(&mut self, from: usize, to: usize) {
+        let now = self.now;
+        self.nodes[from]
+            .connect("h", to as u16 + 1, now)
+            .expect("dial");
+        self.settle();
+    }
+
+    /// Moves time on by `d`, running every timer due on the way.
+    fn advance(&mut self, d: Duration) {
+        let end = self.now.elapsed + d;
+        loop {
+            let next = self
+                .nodes
+                .iter()
+                .filter_map(Node::poll_timeout)
+                .filter(|t| *t <= end)
+                .min();
+            let Some(t) = next else { break };
+            self.set_time(t.max(self.now.elapsed));
+            for i in 0..self.nodes.len() {
+                if self.nodes[i].poll_timeout().is_some_and(|t| t <= self.now.elapsed) {
+                    let now = self.now;
+                    self.nodes[i].handle_timeout(now);
+                }
+            }
+            self.settle();
+        }
+        self.set_time(end);
+    }
+
+    fn set_time(&mut self, elapsed: Duration) {
+        self.now = Now {
+            elapsed,
+            unix: T0 + elapsed.as_secs() as i64,
+        };
+    }
+
+    fn get(&self, i: usize, key: &str) -> Option<Value> {
+        self.dicts[i].lock().unwrap().get(key.as_bytes())
+    }
+
+    fn conn_to(&self, i: usize, j: usize) -> ConnId {
+        self.wires
+            .iter()
+            .find(|((a, _), (b, _))| *a == i && *b == j)
+            .expect("wired")
+            .0
+             .1
+    }
+
+    /// Hands node `to` a frame as if it came on its link from `from`.
+    fn inject(&mut self, from: usize, to: usize, packed: &Packed) {
+        let conn = self.conn_to(to, from);
+        let frame = packed.to_frame(None);
+        let now = self.now;
+        self.nodes[to].handle_frame(conn, Bytes::copy_from_slice(&frame[4..]), &Unbounded, now);
+        self.settle();
+    }
+}
+
+#[test]
+fn broadcasts_older_than_60_s_are_dropped() {
+    let mut net = Net::new(&["A", "B"]);
+    net.connect(0, 1);
+    let user = |text: &str| [Value::from(sub::BROADCAST), Value::from(text)];
+    for (age, name) in [(60, "at the edge"), (61, "too old"), (0, "fresh")] {
+        let p = Packed::new(main::BROADCAST, b"C", net.now.unix - age, &user(name));
+        net.inject(0, 1, &p);
+    }
+    let got: Vec<&Value> = net.received.iter().map(|(_, p)| &p[1]).collect();
+    assert_eq!(got, [&Value::from("at the edge"), &Value::from("fresh")]);
+    assert_eq!(net.nodes[1].stats().expired_broadcasts, 1);
+    // A minute later the window has moved: the same message is new again
+    // only if still inside it (it is not).
+    net.advance(Duration::from_secs(61));
+    let p = Packed::new(main::BROADCAST, b"C", T0, &user("fresh"));
+    net.inject(0, 1, &p);
+    assert_eq!(net.received.len(), 2);
+}
+
+#[test]
+fn a_lease_holds_for_an_hour_after_the_last_write() {
+    let mut net = Net::new(&["A", "B"]);
+    net.connect(0, 1);
+    let now = net.now;
+    net.nodes[0].set(b"k".to_vec(), Value::from(1), now).unwrap();
+    net.settle();
+    assert_eq!(net.get(1, "k"), Some(Value::from(1)));
+    net.advance(Duration::from_secs(LEASE_SECS as u64 - 1));
+    let now = net.now;
+    let err = net.nodes[1].set(b"k".to_vec(), Value::from(2), now).unwrap_err();
+    assert!(
+        matches!(err, Error::LeaseHeld { expires_at, .. } if expires_at == T0 + LEASE_SECS),
+        "{err}"
+    );
+    // The owner writes again: its lease runs an hour from this write.
+    net.nodes[0].set(b"k".to_vec(), Value::from(3), now).unwrap();
+    net.settle();
+    net.advance(Duration::from_secs(LEASE_SECS as u64));
+    let now = net.now;
+    assert!(net.nodes[1].set(b"k".to_vec(), Value::from(4), now).is_err());
+    net.advance(Duration::from_secs(2));
+    let now = net.now;
+    net.nodes[1].set(b"k".to_vec(), Value::from(5), now).unwrap();
+    net.settle();
+    assert_eq!(net.get(0, "k"), Some(Value::from(5)));
+    assert_eq!(net.get(1, "k"), Some(Value::from(5)));
+}
+
+#[test]
+fn writes_in_the_same_second_go_to_the_smaller_owner_id() {
+    // Two writers in one second reach a third node in both orders; it keeps
+    // the write of the smaller id either way.
+    for order in [["Z", "A"], ["A", "Z"]] {
+        let mut net = Net::new(&["M", "R"]);
+        net.connect(0, 1);
+        for owner in order {
+            let payload = [
+                Value::from(sub::STORE),
+                Value::Bin(b"k".to_vec()),
+                Value::from(owner),
+            ];
+            let p = Packed::new(main::BROADCAST, owner.as_bytes(), T0, &payload);
+            net.inject(0, 1, &p);
+        }
+        assert_eq!(net.get(1, "k"), Some(Value::from("A")), "order {order:?}");
+    }
+}
+
+#[test]
+fn tombstones_are_kept_for_24_hours() {
+    let mut net = Net::new(&["A"]);
+    let now = net.now;
+    for k in ["gone", "also"] {
+        net.nodes[0].set(k.into(), Value::from(1), now).unwrap();
+    }
+    net.nodes[0].set(b"gone".to_vec(), Value::Nil, now).unwrap();
+    net.settle();
+    assert_eq!(net.dicts[0].lock().unwrap().tombstones(), 1);
+    // Tombstones are pruned when the next delete is recorded.
+    net.advance(Duration::from_secs(24 * 3600));
+    let now = net.now;
+    net.nodes[0].set(b"also".to_vec(), Value::Nil, now).unwrap();
+    assert_eq!(net.dicts[0].lock().unwrap().tombstones(), 2, "not older than 24 h yet");
+    net.advance(Duration::from_secs(2));
+    let now = net.now;
+    net.nodes[0].set(b"new".to_vec(), Value::from(1), now).unwrap();
+    net.nodes[0].set(b"new".to_vec(), Value::Nil, now).unwrap();
+    let d = net.dicts[0].lock().unwrap();
+    assert_eq!(d.tombstones(), 2, "the first tombstone left after 24 h");
+    assert!(d.version(b"gone").is_none() && d.version(b"also").is_some());
+}
+
+#[test]
+fn a_lost_peer_is_redialled_with_exponential_backoff_for_an_hour() {
+    let mut net = Net::new(&["A", "B"]);
+    net.connect(0, 1);
+    assert_eq!(net.dials[0].len(), 1);
+    // B's side drops the link while B stays unreachable.
+    net.reachable = false;
+    let lost = net.now.elapsed;
+    let conn = net.conn_to(1, 0);
+    let now = net.now;
+    net.nodes[1].handle_closed(conn, "test", now);
+    net.settle();
+    net.advance(Duration::from_secs(120));
+    let gaps: Vec<u64> = std::iter::once(lost)
+        .chain(net.dials[0][1..].iter().copied())
+        .collect::<Vec<_>>()
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_millis() as u64)
+        .collect();
+    let first = FIRST_BACKOFF.as_millis() as u64;
+    let max = MAX_BACKOFF.as_millis() as u64;
+    assert_eq!(
+        &gaps[..7],
+        &[first, 2 * first, 4 * first, 8 * first, 16 * first, 32 * first, max],
+        "all gaps: {gaps:?}"
+    );
+    // It comes back: the next attempt joins it again.
+    net.reachable = true;
+    net.advance(MAX_BACKOFF);
+    assert_eq!(net.nodes[0].peers().len(), 1);
+    // Lost again and never back: the re-dials stop after an hour.
+    net.reachable = false;
+    let conn = net.conn_to(1, 0);
+    let now = net.now;
+    net.nodes[1].handle_closed(conn, "test", now);
+    net.settle();
+    net.advance(REDIAL_FOR + Duration::from_secs(60));
+    let before = net.dials[0].len();
+    net.advance(Duration::from_secs(3600));
+    assert_eq!(net.dials[0].len(), before, "still re-dialling after an hour");
+}
