@@ -33,17 +33,26 @@ struct Net {
     dials: Vec<Vec<Duration>>,
     events: Vec<(usize, Event)>,
     received: Vec<(usize, Vec<Value>)>,
+    /// What nodes sent to scripted peers ([`Fake`]): (conn, bytes).
+    sunk: Vec<(ConnId, Bytes)>,
 }
 
 impl Net {
     fn new(ids: &[&str]) -> Net {
-        let dicts: Vec<_> = ids.iter().map(|_| Arc::new(Mutex::new(Dict::default()))).collect();
+        let dicts: Vec<_> = ids
+            .iter()
+            .map(|_| Arc::new(Mutex::new(Dict::default())))
+            .collect();
         let nodes = ids
             .iter()
             .enumerate()
             .map(|(i, id)| {
                 let settings = Settings::new(id.as_bytes().to_vec(), "sync1", ("h", i as u16 + 1));
-                Node::new(settings, Some(Replica::new(dicts[i].clone(), true)), i as u64)
+                Node::new(
+                    settings,
+                    Some(Replica::new(dicts[i].clone(), true)),
+                    i as u64,
+                )
             })
             .collect();
         Net {
@@ -58,6 +67,7 @@ impl Net {
             dials: vec![Vec::new(); ids.len()],
             events: Vec::new(),
             received: Vec::new(),
+            sunk: Vec::new(),
         }
     }
 
@@ -81,6 +91,9 @@ impl Net {
         let now = self.now;
         match out {
             Output::Transmit { conn, bytes } => {
+                if let Some(&(usize::MAX, _)) = self.wires.get(&(i, conn)) {
+                    return self.sunk.push((conn, bytes));
+                }
                 if let Some(&(j, theirs)) = self.wires.get(&(i, conn)) {
                     let mut buf = bytes::BytesMut::from(&bytes[..]);
                     while let Ok(Some(body)) = next_frame(&mut buf, &Limits::default()) {
@@ -101,7 +114,9 @@ impl Net {
                 self.nodes[i].handle_ready(conn, now);
             }
             Output::Close { conn } => {
-                if let Some((j, theirs)) = self.wires.remove(&(i, conn)) {
+                if let Some((j, theirs)) =
+                    self.wires.remove(&(i, conn)).filter(|w| w.0 != usize::MAX)
+                {
                     self.wires.remove(&(j, theirs));
                     self.nodes[j].handle_closed(theirs, "closed by the peer", now);
                 }
@@ -133,7 +148,10 @@ impl Net {
             let Some(t) = next else { break };
             self.set_time(t.max(self.now.elapsed));
             for i in 0..self.nodes.len() {
-                if self.nodes[i].poll_timeout().is_some_and(|t| t <= self.now.elapsed) {
+                if self.nodes[i]
+                    .poll_timeout()
+                    .is_some_and(|t| t <= self.now.elapsed)
+                {
                     let now = self.now;
                     self.nodes[i].handle_timeout(now);
                 }
@@ -198,25 +216,35 @@ fn a_lease_holds_for_an_hour_after_the_last_write() {
     let mut net = Net::new(&["A", "B"]);
     net.connect(0, 1);
     let now = net.now;
-    net.nodes[0].set(b"k".to_vec(), Value::from(1), now).unwrap();
+    net.nodes[0]
+        .set(b"k".to_vec(), Value::from(1), now)
+        .unwrap();
     net.settle();
     assert_eq!(net.get(1, "k"), Some(Value::from(1)));
     net.advance(Duration::from_secs(LEASE_SECS as u64 - 1));
     let now = net.now;
-    let err = net.nodes[1].set(b"k".to_vec(), Value::from(2), now).unwrap_err();
+    let err = net.nodes[1]
+        .set(b"k".to_vec(), Value::from(2), now)
+        .unwrap_err();
     assert!(
         matches!(err, Error::LeaseHeld { expires_at, .. } if expires_at == T0 + LEASE_SECS),
         "{err}"
     );
     // The owner writes again: its lease runs an hour from this write.
-    net.nodes[0].set(b"k".to_vec(), Value::from(3), now).unwrap();
+    net.nodes[0]
+        .set(b"k".to_vec(), Value::from(3), now)
+        .unwrap();
     net.settle();
     net.advance(Duration::from_secs(LEASE_SECS as u64));
     let now = net.now;
-    assert!(net.nodes[1].set(b"k".to_vec(), Value::from(4), now).is_err());
+    assert!(net.nodes[1]
+        .set(b"k".to_vec(), Value::from(4), now)
+        .is_err());
     net.advance(Duration::from_secs(2));
     let now = net.now;
-    net.nodes[1].set(b"k".to_vec(), Value::from(5), now).unwrap();
+    net.nodes[1]
+        .set(b"k".to_vec(), Value::from(5), now)
+        .unwrap();
     net.settle();
     assert_eq!(net.get(0, "k"), Some(Value::from(5)));
     assert_eq!(net.get(1, "k"), Some(Value::from(5)));
@@ -256,10 +284,16 @@ fn tombstones_are_kept_for_24_hours() {
     net.advance(Duration::from_secs(24 * 3600));
     let now = net.now;
     net.nodes[0].set(b"also".to_vec(), Value::Nil, now).unwrap();
-    assert_eq!(net.dicts[0].lock().unwrap().tombstones(), 2, "not older than 24 h yet");
+    assert_eq!(
+        net.dicts[0].lock().unwrap().tombstones(),
+        2,
+        "not older than 24 h yet"
+    );
     net.advance(Duration::from_secs(2));
     let now = net.now;
-    net.nodes[0].set(b"new".to_vec(), Value::from(1), now).unwrap();
+    net.nodes[0]
+        .set(b"new".to_vec(), Value::from(1), now)
+        .unwrap();
     net.nodes[0].set(b"new".to_vec(), Value::Nil, now).unwrap();
     let d = net.dicts[0].lock().unwrap();
     assert_eq!(d.tombstones(), 2, "the first tombstone left after 24 h");
@@ -289,7 +323,15 @@ fn a_lost_peer_is_redialled_with_exponential_backoff_for_an_hour() {
     let max = MAX_BACKOFF.as_millis() as u64;
     assert_eq!(
         &gaps[..7],
-        &[first, 2 * first, 4 * first, 8 * first, 16 * first, 32 * first, max],
+        &[
+            first,
+            2 * first,
+            4 * first,
+            8 * first,
+            16 * first,
+            32 * first,
+            max
+        ],
         "all gaps: {gaps:?}"
     );
     // It comes back: the next attempt joins it again.
@@ -305,5 +347,192 @@ fn a_lost_peer_is_redialled_with_exponential_backoff_for_an_hour() {
     net.advance(REDIAL_FOR + Duration::from_secs(60));
     let before = net.dials[0].len();
     net.advance(Duration::from_secs(3600));
-    assert_eq!(net.dials[0].len(), before, "still re-dialling after an hour");
+    assert_eq!(
+        net.dials[0].len(),
+        before,
+        "still re-dialling after an hour"
+    );
+}
+
+/// A scripted py2p-like, js2p-like or rs2p-like peer on node `node`: what
+/// the node sends it is kept, frame by frame.
+struct Fake {
+    conn: ConnId,
+}
+
+impl Net {
+    fn fake(&mut self, node: usize, id: &str, kind: super::PeerKind, port: u16) -> Fake {
+        let now = self.now;
+        let conn = self.nodes[node].accept(now).expect("under the limit");
+        self.wires.insert((node, conn), (usize::MAX, conn));
+        self.nodes[node].handle_ready(conn, now);
+        self.settle();
+        let proto = crate::wire::ids::protocol_id("sync1", "Plaintext");
+        let mut methods = vec![Value::from(0x13)];
+        let proto = match kind {
+            super::PeerKind::Js => Value::from(proto),
+            super::PeerKind::Rs => {
+                methods.push(Value::from(crate::wire::flags::compression::RS2P_MARKER));
+                Value::Bin(proto.into_bytes())
+            }
+            _ => Value::Bin(proto.into_bytes()),
+        };
+        let hs = [
+            Value::from(sub::HANDSHAKE),
+            Value::Bin(id.as_bytes().to_vec()),
+            proto,
+            Value::Array(vec![Value::from("peer"), Value::from(port)]),
+            Value::Array(methods),
+        ];
+        self.feed(
+            node,
+            conn,
+            &Packed::new(main::WHISPER, id.as_bytes(), now.unix, &hs),
+        );
+        Fake { conn }
+    }
+
+    fn feed(&mut self, node: usize, conn: ConnId, packed: &Packed) {
+        let frame = packed.to_frame(None);
+        let now = self.now;
+        self.nodes[node].handle_frame(conn, Bytes::copy_from_slice(&frame[4..]), &Unbounded, now);
+        self.settle();
+    }
+}
+
+/// The messages node `node` sent to `fake` (compressed or not).
+fn sent_to(net: &Net, node: usize, fake: &Fake) -> Vec<crate::wire::WireMessage> {
+    let _ = node;
+    net.sunk
+        .iter()
+        .filter(|(c, _)| *c == fake.conn)
+        .flat_map(|(_, b)| {
+            let mut buf = bytes::BytesMut::from(&b[..]);
+            let mut out = Vec::new();
+            while let Ok(Some(body)) = next_frame(&mut buf, &Limits::default()) {
+                let p = Packed::from_body(body, &crate::wire::Compression::ALL, &Limits::default())
+                    .expect("our own frame");
+                out.push(p.parse(&Limits::default()).expect("our own message"));
+            }
+            out
+        })
+        .collect()
+}
+
+#[test]
+fn deletes_are_not_flooded_to_js2p_peers() {
+    use super::PeerKind::{Js, Py};
+    let mut net = Net::new(&["A"]);
+    let js = net.fake(0, "J", Js, 10);
+    let py = net.fake(0, "P", Py, 11);
+    let now = net.now;
+    net.nodes[0]
+        .set(b"k".to_vec(), Value::from(1), now)
+        .unwrap();
+    net.nodes[0].set(b"k".to_vec(), Value::Nil, now).unwrap();
+    net.settle();
+    let stores = |f: &Fake| {
+        sent_to(&net, 0, f)
+            .into_iter()
+            .filter(|m| m.msg_type == main::BROADCAST && m.sub_flag() == Some(sub::STORE))
+            .map(|m| m.payload[2].clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(stores(&py), [Value::from(1), Value::Nil]);
+    assert_eq!(
+        stores(&js),
+        [Value::from(1)],
+        "js2p drops the link on a nil store"
+    );
+}
+
+#[test]
+fn js2p_peers_are_not_advertised_to_py2p_peers() {
+    use super::PeerKind::{Js, Py, Rs};
+    let mut net = Net::new(&["A"]);
+    net.fake(0, "J", Js, 10);
+    let py = net.fake(0, "P", Py, 11);
+    let rs = net.fake(0, "R", Rs, 12);
+    let listed = |f: &Fake| {
+        sent_to(&net, 0, f)
+            .into_iter()
+            .filter(|m| m.sub_flag() == Some(sub::PEERS))
+            .flat_map(|m| match crate::wire::packet::Packet::parse(&m) {
+                crate::wire::packet::Packet::Peers(l) => l,
+                _ => Vec::new(),
+            })
+            .map(|e| e.id)
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        !listed(&py).contains(&b"J".to_vec()),
+        "py2p must not hear of J"
+    );
+    assert!(listed(&rs).contains(&b"J".to_vec()) && listed(&rs).contains(&b"P".to_vec()));
+}
+
+#[test]
+fn renegotiation_is_answered_except_to_js2p_peers() {
+    use super::PeerKind::{Js, Py};
+    let mut net = Net::new(&["A"]);
+    let js = net.fake(0, "J", Js, 10);
+    let py = net.fake(0, "P", Py, 11);
+    let list = [
+        Value::from(sub::COMPRESSION),
+        Value::Array(vec![Value::from(0x11)]),
+    ];
+    for (f, id) in [(&js, "J"), (&py, "P")] {
+        let p = Packed::new(main::RENEGOTIATE, id.as_bytes(), net.now.unix, &list);
+        net.feed(0, f.conn, &p);
+    }
+    let answers = |f: &Fake| {
+        sent_to(&net, 0, f)
+            .iter()
+            .filter(|m| m.msg_type == main::RENEGOTIATE)
+            .count()
+    };
+    assert_eq!(answers(&py), 1);
+    assert_eq!(answers(&js), 0, "js2p crashes on a renegotiation");
+}
+
+#[test]
+fn crossed_dials_keep_the_connection_of_the_larger_id() {
+    let mut net = Net::new(&["2", "9"]);
+    let now = net.now;
+    // Both dial before either handshake is read.
+    net.nodes[0].connect("h", 2, now).unwrap();
+    net.nodes[1].connect("h", 1, now).unwrap();
+    net.settle();
+    assert_eq!(net.nodes[0].peers().len(), 1);
+    assert_eq!(net.nodes[1].peers().len(), 1);
+    let kept = &net.nodes[1].peers()[0];
+    assert!(
+        kept.outgoing,
+        "node 9 (the larger id) keeps the link it dialled"
+    );
+    assert!(!net.nodes[0].peers()[0].outgoing);
+    assert_eq!(net.wires.len(), 2, "one link left, seen from both ends");
+}
+
+#[test]
+fn reference_state_transfers_never_overwrite_a_held_value() {
+    use super::PeerKind::Py;
+    let mut net = Net::new(&["A"]);
+    let now = net.now;
+    net.nodes[0]
+        .set(b"held".to_vec(), Value::from("mine"), now)
+        .unwrap();
+    let py = net.fake(0, "P", Py, 11);
+    for key in ["held", "new"] {
+        let item = [
+            Value::from(sub::STORE),
+            Value::Bin(key.as_bytes().to_vec()),
+            Value::from("theirs"),
+            Value::Bin(b"P".to_vec()),
+            Value::from(T0 + 5),
+        ];
+        net.feed(0, py.conn, &Packed::new(main::WHISPER, b"P", T0, &item));
+    }
+    assert_eq!(net.get(0, "held"), Some(Value::from("mine")));
+    assert_eq!(net.get(0, "new"), Some(Value::from("theirs")));
 }
