@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::StreamExt;
 
@@ -46,6 +47,12 @@ pub enum MeshEvent {
     },
     /// A user message was queued (the references' `message` event).
     Message(Message),
+    /// This subscriber fell behind and missed that many events (the stream
+    /// goes on with the next one).
+    Lagged {
+        /// Events missed.
+        missed: u64,
+    },
 }
 
 /// A user message received by the node.
@@ -127,7 +134,9 @@ pub(crate) struct Inner {
     /// Signalled by connection writers after each write (see
     /// [`MeshSocket::wait_for_room`]).
     drained: Arc<Notify>,
-    events: broadcast::Sender<MeshEvent>,
+    /// Taken at [`MeshSocket::close`]: once the actor's sender is gone too,
+    /// every event stream ends.
+    events: Mutex<Option<broadcast::Sender<MeshEvent>>>,
     actor: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -197,7 +206,7 @@ impl MeshSocket {
             queue: queue.clone(),
             queue_notify: queue_notify.clone(),
             drained: drained.clone(),
-            events: events.clone(),
+            events: Mutex::new(Some(events.clone())),
             actor: Mutex::new(None),
         });
         let transport: Arc<dyn crate::net::transport::Transport> = match cfg.transport {
@@ -366,11 +375,17 @@ impl MeshSocket {
             .unwrap_or_default()
     }
 
-    /// A stream of events from now on. A subscriber that falls more than
-    /// 1024 events behind misses the oldest ones.
+    /// A stream of events from now on; it ends when the node closes. A
+    /// subscriber that falls more than 1,024 events behind misses the
+    /// oldest ones and is told how many with [`MeshEvent::Lagged`].
     pub fn events(&self) -> EventStream {
+        let rx = match self.inner.events.lock().ok().and_then(|e| e.clone()) {
+            Some(tx) => tx.subscribe(),
+            // Closed: a stream that ends at once.
+            None => broadcast::channel(1).1,
+        };
         EventStream {
-            inner: BroadcastStream::new(self.inner.events.subscribe()),
+            inner: BroadcastStream::new(rx),
         }
     }
 
@@ -444,6 +459,9 @@ impl MeshSocket {
     /// Stops the node: closes the listener and every connection and ends
     /// every task it started. Idempotent.
     pub async fn close(&self) {
+        if let Ok(mut e) = self.inner.events.lock() {
+            e.take();
+        }
         let _ = self.inner.cmd.send(Cmd::Close).await;
         let handle = self.inner.actor.lock().ok().and_then(|mut a| a.take());
         if let Some(h) = handle {
@@ -465,14 +483,13 @@ pub struct EventStream {
 impl futures_core::Stream for EventStream {
     type Item = MeshEvent;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<MeshEvent>> {
-        loop {
-            match Pin::new(&mut self.inner).poll_next(cx) {
-                Poll::Ready(Some(Ok(ev))) => return Poll::Ready(Some(ev)),
-                // Lagged: some events were missed; go on with the next.
-                Poll::Ready(Some(Err(_))) => continue,
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => return Poll::Pending,
+        match Pin::new(&mut self.inner).poll_next(cx) {
+            Poll::Ready(Some(Ok(ev))) => Poll::Ready(Some(ev)),
+            Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(missed)))) => {
+                Poll::Ready(Some(MeshEvent::Lagged { missed }))
             }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
         }
     }
 }

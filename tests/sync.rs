@@ -225,3 +225,52 @@ async fn state_transfer_larger_than_the_send_queue() {
     a.close().await;
     b.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_subscriber_is_told_and_streams_end_at_close() {
+    let a = sync_node(true).await;
+    let mut events = a.events();
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
+    a.on_event(move |ev| {
+        let _ = seen_tx.send(ev);
+    });
+    for i in 0..5000 {
+        a.set(format!("k{i}"), i).await.unwrap();
+    }
+    // The stream keeps the last 4,096 changes and says how many it dropped.
+    let first = tokio::time::timeout(T, events.next())
+        .await
+        .expect("an event");
+    assert_eq!(
+        first,
+        Some(SyncEvent::Lagged {
+            missed: 5000 - 4096
+        })
+    );
+    a.close().await;
+    let rest = tokio::time::timeout(T, async {
+        let mut n = 0;
+        while events.next().await.is_some() {
+            n += 1;
+        }
+        n
+    })
+    .await
+    .expect("the stream ends once the node is closed");
+    assert_eq!(rest, 4096);
+    // The on_event task ends too: its sender is dropped.
+    let drained = tokio::time::timeout(T, async {
+        let mut n = 0;
+        while seen_rx.recv().await.is_some() {
+            n += 1;
+        }
+        n
+    })
+    .await
+    .expect("the on_event task ends once the node is closed");
+    assert!(drained >= 4096, "{drained}");
+    assert!(
+        a.events().next().await.is_none(),
+        "a stream made after close ends at once"
+    );
+}

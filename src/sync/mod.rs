@@ -39,6 +39,12 @@ pub enum SyncEvent {
         /// The key.
         key: Vec<u8>,
     },
+    /// This subscriber fell behind and missed that many events (the stream
+    /// goes on with the next one; [`SyncSocket::entries`] has the state).
+    Lagged {
+        /// Events missed.
+        missed: u64,
+    },
 }
 
 fn key_text(key: &[u8]) -> String {
@@ -65,7 +71,8 @@ type Committer = (Arc<tokio::sync::Notify>, tokio::task::JoinHandle<()>);
 pub struct SyncSocket {
     mesh: MeshSocket,
     dict: Arc<Mutex<Dict>>,
-    events: broadcast::Sender<SyncEvent>,
+    /// Taken at [`close`](Self::close), so that event streams end.
+    events: Arc<Mutex<Option<broadcast::Sender<SyncEvent>>>>,
     leasing: bool,
     store: Option<Store>,
     committer: Arc<Mutex<Option<Committer>>>,
@@ -117,7 +124,7 @@ impl SyncSocket {
         Ok(SyncSocket {
             mesh,
             dict,
-            events,
+            events: Arc::new(Mutex::new(Some(events))),
             leasing: cfg.leasing,
             store,
             committer: Arc::new(Mutex::new(committer)),
@@ -328,10 +335,15 @@ impl SyncSocket {
         self.write(key, delta, true).await
     }
 
-    /// A stream of changes from now on.
+    /// A stream of changes from now on; it ends when the node closes. A
+    /// subscriber more than 4,096 changes behind misses the oldest and is
+    /// told how many with [`SyncEvent::Lagged`].
     pub fn events(&self) -> SyncEventStream {
         SyncEventStream {
-            inner: BroadcastStream::new(self.events.subscribe()),
+            inner: BroadcastStream::new(match self.events.lock().ok().and_then(|e| e.clone()) {
+                Some(tx) => tx.subscribe(),
+                None => broadcast::channel(1).1,
+            }),
         }
     }
 
@@ -353,6 +365,9 @@ impl SyncSocket {
     /// Closes the node; with a data dir, everything received so far is
     /// committed first.
     pub async fn close(&self) {
+        if let Ok(mut e) = self.events.lock() {
+            e.take();
+        }
         self.mesh.close().await;
         let committer = self.committer.lock().ok().and_then(|mut c| c.take());
         if let Some((stop, task)) = committer {
@@ -374,12 +389,14 @@ impl futures_core::Stream for SyncEventStream {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<SyncEvent>> {
         use std::task::Poll;
-        loop {
-            match std::pin::Pin::new(&mut self.inner).poll_next(cx) {
-                Poll::Ready(Some(Ok(ev))) => return Poll::Ready(Some(ev)),
-                Poll::Ready(Some(Err(_))) => continue,
-                other => return other.map(|_| None),
+        use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+        match std::pin::Pin::new(&mut self.inner).poll_next(cx) {
+            Poll::Ready(Some(Ok(ev))) => Poll::Ready(Some(ev)),
+            Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(missed)))) => {
+                Poll::Ready(Some(SyncEvent::Lagged { missed }))
             }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
         }
     }
 }
