@@ -1,0 +1,292 @@
+//! Sending, the broadcast flood, and the dispatch of received frames.
+
+use bytes::Bytes;
+
+use super::super::align;
+use super::super::seen::Admit;
+use super::{bytes_text, Incoming, Mesh, PeerKind, Upcall};
+use crate::error::{Error, Result};
+use crate::proto::{ConnId, Now, Output};
+use crate::value::Value;
+use crate::wire::flags::{main, sub};
+use crate::wire::packet::{is_live_delete, Packet};
+use crate::wire::{Compression, MessageId, Packed};
+
+impl Mesh {
+    // ----- sending -----
+
+    /// Queues a frame; remembered for `resend`.
+    pub(super) fn send_frame(&mut self, conn: ConnId, frame: Bytes, now: Now) {
+        self.send_frames(conn, std::slice::from_ref(&frame), now);
+        if let Some(c) = self.links.get_mut(&conn) {
+            c.last_sent = Some(frame);
+        }
+    }
+
+    /// Queues frames as one write. Towards py2p-like peers the write is laid
+    /// out so that py2p's reader cannot hit its framing bug (PROTOCOL.md Q5).
+    pub fn send_frames(&mut self, conn: ConnId, frames: &[Bytes], now: Now) {
+        let Some(c) = self.links.get_mut(&conn) else {
+            return;
+        };
+        let bytes = if c.kind == PeerKind::Py {
+            align::layout(
+                &mut c.stream_pos,
+                frames,
+                &self.cfg.id,
+                now.unix,
+                c.send_method,
+            )
+        } else if frames.len() == 1 {
+            c.stream_pos += frames[0].len() as u64;
+            frames[0].clone()
+        } else {
+            let mut v = Vec::with_capacity(frames.iter().map(Bytes::len).sum());
+            for f in frames {
+                v.extend_from_slice(f);
+            }
+            c.stream_pos += v.len() as u64;
+            v.into()
+        };
+        c.unsent += bytes.len();
+        self.out.push_back(Output::Transmit { conn, bytes });
+    }
+
+    /// Packs and queues a message for one connection.
+    pub fn send_packed(&mut self, conn: ConnId, packed: &Packed, now: Now) {
+        let Some(c) = self.links.get(&conn) else {
+            return;
+        };
+        let frame = packed.to_frame(c.method_for(packed.body().len()));
+        self.send_frame(conn, frame, now);
+    }
+
+    pub(super) fn whisper_to(&mut self, conn: ConnId, payload: &[Value], now: Now) {
+        let packed = Packed::new(main::WHISPER, &self.cfg.id, now.unix, payload);
+        self.send_packed(conn, &packed, now);
+    }
+
+    /// Sends a message of our own: a broadcast is flooded (and remembered,
+    /// so its echoes are dropped); any other type goes to every peer.
+    pub fn send(&mut self, msg_type: u8, payload: &[Value], now: Now) -> MessageId {
+        let packed = Packed::new(msg_type, &self.cfg.id, now.unix, payload);
+        if msg_type == main::BROADCAST {
+            self.flood(&packed, payload, None, None, now);
+        } else {
+            for conn in self.routed(None) {
+                self.send_packed(conn, &packed, now);
+            }
+        }
+        packed.id()
+    }
+
+    /// Whispers to a neighbour.
+    pub fn whisper(&mut self, peer: &[u8], payload: &[Value], now: Now) -> Result<()> {
+        match self.routing.get(peer).copied() {
+            Some(conn) => {
+                self.whisper_to(conn, payload, now);
+                Ok(())
+            }
+            None => Err(Error::UnknownPeer(bytes_text(peer))),
+        }
+    }
+
+    /// Answers a node: a whisper when it is a neighbour, else through a
+    /// route request (PROTOCOL.md §6.6).
+    pub fn reply(&mut self, peer: &[u8], payload: Vec<Value>, now: Now) {
+        if let Some(conn) = self.routing.get(peer).copied() {
+            self.whisper_to(conn, &payload, now);
+        } else {
+            self.request_route(peer.to_vec(), payload, now);
+        }
+    }
+
+    /// Sends a broadcast's original bytes to every peer but its creator and
+    /// the connection it came from; each compression is applied once.
+    ///
+    /// Two rules are applied here:
+    /// - **js2p cannot delete** (PROTOCOL.md J2): a sync delete (a store of
+    ///   nil) is not sent to js2p-like peers, which drop the link that
+    ///   delivers one;
+    /// - **relay pruning** (rs2p only): what came from an rs2p peer reached
+    ///   its neighbours from it — the list it sent is older than the
+    ///   broadcast on the same stream, and it relays every broadcast to
+    ///   every neighbour but the sender.
+    pub(super) fn flood(
+        &mut self,
+        packed: &Packed,
+        payload: &[Value],
+        from_conn: Option<ConnId>,
+        creator: Option<&[u8]>,
+        now: Now,
+    ) {
+        let skip_js = is_live_delete(payload);
+        let relayed_by = from_conn
+            .and_then(|c| self.links.get(&c))
+            .map(|c| &c.neighbours);
+        let mut pruned_count = 0;
+        let targets: Vec<ConnId> = self
+            .routing
+            .iter()
+            .filter(|(id, conn)| Some(**conn) != from_conn && creator != Some(id.as_slice()))
+            .filter(|(_, conn)| !skip_js || self.peer_kind(**conn) != PeerKind::Js)
+            .filter(|(id, _)| {
+                let pruned = relayed_by.is_some_and(|n| n.contains(*id));
+                pruned_count += u64::from(pruned);
+                !pruned
+            })
+            .map(|(_, conn)| *conn)
+            .collect();
+        self.stats.relays_pruned += pruned_count;
+        if from_conn.is_some() {
+            self.stats.relays += targets.len() as u64;
+        }
+        let mut frames: Vec<(Option<Compression>, Bytes)> = Vec::new();
+        for conn in targets {
+            let method = self.send_method(conn, packed.body().len());
+            let frame = match frames.iter().find(|(m, _)| *m == method) {
+                Some((_, f)) => f.clone(),
+                None => {
+                    let f = packed.to_frame(method);
+                    frames.push((method, f.clone()));
+                    f
+                }
+            };
+            self.send_frame(conn, frame, now);
+        }
+    }
+
+    /// Our peers list for a peer of `for_kind`. **Never advertises js2p-like
+    /// peers to py2p-like ones** (PROTOCOL.md §10.2 item 1): a py2p node that
+    /// dials a js2p node leaves a dead routing entry and floods requests.
+    pub(super) fn peers_payload(&self, for_kind: PeerKind) -> Vec<Value> {
+        let mut list = Vec::new();
+        for (id, conn) in &self.routing {
+            let Some(c) = self.links.get(conn) else {
+                continue;
+            };
+            if for_kind == PeerKind::Py && c.kind == PeerKind::Js {
+                continue;
+            }
+            if let Some((h, p)) = c.full_addr() {
+                list.push(Value::Array(vec![
+                    Value::Array(vec![Value::from(h), Value::from(p)]),
+                    Value::Bin(id.clone()),
+                ]));
+            }
+        }
+        vec![Value::from(sub::PEERS), Value::Array(list)]
+    }
+
+    // ----- receiving -----
+
+    /// A frame body arrived on `conn`.
+    pub(crate) fn handle_frame(&mut self, conn: ConnId, body: Bytes, now: Now) -> Upcall {
+        let Some(c) = self.links.get(&conn) else {
+            return Upcall::Done;
+        };
+        // Most broadcasts arrive several times (every neighbour relays
+        // them). An uncompressed one whose id we already hold is dropped
+        // before hashing and parsing it; a forged id only loses the
+        // forger's own frame.
+        if body.len() > 33 && matches!(body[32], 0x90..=0x9f | 0xdc) && body[33] == main::BROADCAST
+        {
+            let mut id = [0u8; 32];
+            id.copy_from_slice(&body[..32]);
+            if self.seen.contains(&id) {
+                self.stats.duplicate_broadcasts += 1;
+                return Upcall::Done;
+            }
+        }
+        let parsed = Packed::from_body(body, &c.recv_methods, &self.cfg.limits)
+            .and_then(|p| p.parse(&self.cfg.limits).map(|m| (p, m)));
+        let (packed, msg) = match parsed {
+            Ok(pm) => pm,
+            Err(e) => {
+                self.stats.bad_frames += 1;
+                self.stats.last_error = Some(e.to_string());
+                self.drop_conn(conn, &format!("bad frame: {e}"), now);
+                return Upcall::Done;
+            }
+        };
+        let packet = Packet::parse(&msg);
+        match &packet {
+            Packet::Compression(list) => {
+                self.renegotiate(conn, list.clone(), now);
+                return Upcall::Done;
+            }
+            Packet::Resend => {
+                if let Some(frame) = self.links.get(&conn).and_then(|c| c.last_sent.clone()) {
+                    self.send_frame(conn, frame, now);
+                }
+                return Upcall::Done;
+            }
+            _ if msg.msg_type == main::RENEGOTIATE => return Upcall::Done,
+            _ => {}
+        }
+        if msg.msg_type == main::BROADCAST {
+            // Our own broadcasts echoing back are dropped without being
+            // remembered: nobody else creates messages under our id.
+            if msg.sender == self.cfg.id {
+                self.stats.duplicate_broadcasts += 1;
+                return Upcall::Done;
+            }
+            match self.seen.admit(packed.id(), msg.time, now.unix) {
+                Admit::New => {}
+                Admit::Duplicate => {
+                    self.stats.duplicate_broadcasts += 1;
+                    return Upcall::Done;
+                }
+                Admit::Expired => return Upcall::Done,
+            }
+            self.stats.broadcasts_received += 1;
+            self.flood(&packed, &msg.payload, Some(conn), Some(&msg.sender), now);
+        }
+        match packet {
+            Packet::Handshake(h) => {
+                if self.handshake(conn, h, now) {
+                    Upcall::Joined(conn)
+                } else {
+                    Upcall::Done
+                }
+            }
+            Packet::Peers(list) => {
+                self.dial_peers(list, now);
+                Upcall::Done
+            }
+            Packet::Neighbours(list) => {
+                self.neighbours_of(conn, list);
+                Upcall::Done
+            }
+            Packet::RequestPeers => {
+                let peers = self.peers_payload(self.peer_kind(conn));
+                self.whisper_to(conn, &peers, now);
+                Upcall::Done
+            }
+            Packet::Request { req_id, wanted } => {
+                self.route_request(conn, req_id, wanted, now);
+                Upcall::Done
+            }
+            Packet::Response { req_id, target } => {
+                self.route_response(req_id, target, now);
+                Upcall::Done
+            }
+            Packet::BadHandshake => {
+                self.drop_conn(conn, "handshake without id or protocol id", now);
+                Upcall::Done
+            }
+            // Malformed sync packets are the dictionary's to consume (a plain
+            // mesh node hands them to its handlers).
+            Packet::Ignored(why) if !matches!(msg.sub_flag(), Some(sub::STORE | sub::DELTA)) => {
+                tracing::debug!(conn, why, "packet ignored");
+                Upcall::Done
+            }
+            packet => Upcall::Message(Box::new(Incoming {
+                conn,
+                id: packed.id(),
+                msg,
+                packet,
+            })),
+        }
+    }
+}

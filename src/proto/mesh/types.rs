@@ -1,0 +1,108 @@
+//! The mesh's public types: peer kinds and infos, counters, settings.
+
+use std::time::Duration;
+
+use crate::wire::{ids, Compression, Limits};
+
+/// How a peer encodes its ids, which tells which reference it behaves like.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerKind {
+    /// Sends its protocol id as bin: py2p.
+    Py,
+    /// Another rs2p node (bin ids and the rs2p marker in its handshake).
+    Rs,
+    /// Sends its protocol id as str: js2p.
+    Js,
+    /// No handshake yet.
+    Unknown,
+}
+
+/// A handshaken peer, as the routing table holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The peer's node id.
+    pub id: String,
+    /// The address it advertised, if any.
+    pub addr: Option<(String, u16)>,
+    /// True when we dialed it.
+    pub outgoing: bool,
+    /// Which reference it behaves like.
+    pub kind: PeerKind,
+}
+
+/// Counters of a node, for monitoring.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NodeStats {
+    /// Handshaken peers.
+    pub peers: usize,
+    /// Open connections (handshaken or not).
+    pub connections: usize,
+    /// Broadcasts refused as older than the 60 s window.
+    pub expired_broadcasts: u64,
+    /// Frames refused as undecodable (their connection was dropped).
+    pub bad_frames: u64,
+    /// The last decoding error.
+    pub last_error: Option<String>,
+    /// Peers dropped because their send queue was full.
+    pub slow_peers_dropped: u64,
+    /// Broadcasts received for the first time (not counting our own).
+    pub broadcasts_received: u64,
+    /// Broadcasts received again (every neighbour relays them), or our
+    /// own echoing back.
+    pub duplicate_broadcasts: u64,
+    /// Broadcast frames relayed to peers.
+    pub relays: u64,
+    /// Relays not sent because the rs2p peer the broadcast came from had
+    /// already sent it to that neighbour (see the crate docs).
+    pub relays_pruned: u64,
+}
+
+/// What the mesh rules need to know about the node.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Our node id.
+    pub id: Vec<u8>,
+    /// Our protocol id (subnet and transport hashed, see
+    /// [`ids::protocol_id`]).
+    pub protocol_id: Vec<u8>,
+    /// The address we advertise.
+    pub out_addr: (String, u16),
+    /// The address we listen on, when it differs (`0.0.0.0`).
+    pub listen: (String, u16),
+    /// Compression methods, in order of preference.
+    pub compression: Vec<Compression>,
+    /// Decoding limits.
+    pub limits: Limits,
+    /// Outgoing connections opened from peers lists.
+    pub max_outgoing: usize,
+    /// Most connections at once (handshaken, pending or dialling).
+    pub max_connections: usize,
+    /// Time a new connection has to send its handshake.
+    pub handshake_timeout: Duration,
+    /// Broadcast ids remembered for duplicate suppression.
+    pub seen_capacity: usize,
+    /// Re-dial peers we lost.
+    pub reconnect: bool,
+}
+
+impl Settings {
+    /// Defaults for a node with this id on this subnet (plaintext), at this
+    /// address.
+    pub fn new(id: Vec<u8>, subnet: &str, addr: (&str, u16)) -> Settings {
+        let out_addr = (addr.0.to_owned(), addr.1);
+        Settings {
+            id,
+            protocol_id: ids::protocol_id(subnet, "Plaintext").into_bytes(),
+            listen: out_addr.clone(),
+            out_addr,
+            compression: Compression::ALL.to_vec(),
+            limits: Limits::default(),
+            max_outgoing: 4,
+            max_connections: 1024,
+            handshake_timeout: Duration::from_secs(30),
+            seen_capacity: 1 << 18,
+            reconnect: true,
+        }
+    }
+}
