@@ -3,14 +3,27 @@
 //! # How the crate is layered
 //!
 //! - [`wire`]: pure bytes to typed values and back (msgpack [`Value`]s,
-//!   frames, compression, ids, flags); no I/O, every size bounded.
-//! - [`proto`]: protocol rules with the clock passed in: the broadcast
-//!   duplicate window ([`proto::seen`]) and the dictionary's lease and merge
-//!   rules ([`proto::sync`]).
-//! - the network shell (private): one tokio actor per node owns the routing
-//!   table, the duplicate window and every connection; each connection has a
-//!   reader task and a writer task fed by a bounded queue.
-//! - [`MeshSocket`] and [`SyncSocket`]: cheap `Clone + Send + Sync` handles.
+//!   frames, typed packets, compression, ids, flags); no I/O, every size
+//!   bounded.
+//! - [`proto`]: the protocol core. Every mesh and sync rule runs in state
+//!   machines ([`proto::Node`]: a [`proto::mesh::Mesh`] and, for a sync
+//!   node, a [`proto::replica::Replica`]) that are fed inputs — a
+//!   connection is ready or closed, a frame arrived, a timer fired, a
+//!   command — with the current time ([`proto::Now`]), and answer with
+//!   outputs ([`proto::Output`]): bytes to send on a connection, a dial, a
+//!   close, an event, a received message, a dictionary change. No clock, no
+//!   sockets, no tasks; randomness is a seeded RNG handed in. The same
+//!   state machines run under the tokio shell and in the deterministic
+//!   simulator (`rs2p-sim`).
+//! - the network shell (private): one tokio actor per node feeds the core
+//!   and carries out its outputs; each connection has a reader task (frame
+//!   splitting) and a writer task fed by a bounded queue; transports are
+//!   TCP, TLS and WebSocket.
+//! - [`MeshSocket`] and [`SyncSocket`]: cheap `Clone + Send + Sync`
+//!   handles with synchronous reads and streams of events.
+//!
+//! `ARCHITECTURE.md` in the repository follows one frame through the
+//! layers.
 //!
 //! # Where rs2p differs from py2p and js2p
 //!
