@@ -121,6 +121,27 @@ pub enum DecodeError {
     Malformed(String),
 }
 
+impl DecodeError {
+    /// True for a frame that is well formed but carries more than the
+    /// limits allow (it can be skipped; the stream is still in step). A
+    /// body that decompresses past the limit is not one: that is how
+    /// compression bombs look, and their sender is dropped.
+    ///
+    /// ```
+    /// use rs2p::DecodeError;
+    /// assert!(DecodeError::TooDeep { max: 64 }.is_limit());
+    /// assert!(!DecodeError::Malformed("x".into()).is_limit());
+    /// ```
+    pub fn is_limit(&self) -> bool {
+        matches!(
+            self,
+            DecodeError::FrameTooLarge { .. }
+                | DecodeError::TooDeep { .. }
+                | DecodeError::TooManyElements { .. }
+        )
+    }
+}
+
 /// Errors of the mesh and sync layers.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -165,6 +186,30 @@ pub enum Error {
     /// The durable store failed.
     #[error("store error: {0}")]
     Store(String),
+    /// A value nests deeper than every node can read back (peers decode
+    /// at most [`Limits::max_depth`](crate::wire::Limits) levels, the store
+    /// one less): refused before anything is written.
+    #[error("value for key {key:?} nests {depth} levels deep; at most {max} can be replicated")]
+    ValueTooDeep {
+        /// The key, lossily rendered as text.
+        key: String,
+        /// How deep the value nests.
+        depth: usize,
+        /// The most allowed.
+        max: usize,
+    },
+    /// A write's message would be larger than the frames peers accept
+    /// ([`Limits::max_frame`](crate::wire::Limits)): refused before anything
+    /// is written.
+    #[error("value for key {key:?} takes {size} bytes on the wire; frames of at most {max} bytes can be replicated")]
+    ValueTooLarge {
+        /// The key, lossily rendered as text.
+        key: String,
+        /// The size of the message that would carry it.
+        size: usize,
+        /// The most allowed.
+        max: usize,
+    },
     /// The node has as many connections (open, pending or dialling) as it
     /// may.
     #[error("connection limit of {max} reached")]
@@ -194,6 +239,8 @@ impl Error {
             Error::Value(_) => "value",
             Error::Store(_) => "store",
             Error::ConnectionLimit { .. } => "connection_limit",
+            Error::ValueTooDeep { .. } => "value_too_deep",
+            Error::ValueTooLarge { .. } => "value_too_large",
         }
     }
 }

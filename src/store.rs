@@ -43,8 +43,11 @@ impl Stored {
     }
 
     fn decode(bytes: &[u8]) -> Option<Stored> {
+        // A value sits one level deeper here than in a message: anything a
+        // peer could send us must read back after a restart.
         let limits = Limits {
             max_elements: usize::MAX,
+            max_depth: Limits::default().max_depth + 1,
             ..Limits::default()
         };
         let v = msgpack::decode(bytes, &limits).ok()?;

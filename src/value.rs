@@ -211,6 +211,34 @@ impl Value {
             _ => None,
         }
     }
+    /// How deep the value nests: 1 for a scalar, 2 for an array or map of
+    /// scalars, and so on (an empty array or map counts 1). Computed without
+    /// recursion, so any value a program can build is measured safely.
+    ///
+    /// ```
+    /// use rs2p::Value;
+    /// assert_eq!(Value::from(1).height(), 1);
+    /// assert_eq!(Value::Array(vec![Value::Array(vec![1.into()])]).height(), 3);
+    /// ```
+    pub fn height(&self) -> usize {
+        let mut deepest = 0;
+        let mut stack = vec![(self, 1usize)];
+        while let Some((v, d)) = stack.pop() {
+            deepest = deepest.max(d);
+            match v {
+                Value::Array(a) => stack.extend(a.iter().map(|x| (x, d + 1))),
+                Value::Map(m) => {
+                    for (k, x) in m {
+                        stack.push((k, d + 1));
+                        stack.push((x, d + 1));
+                    }
+                }
+                _ => {}
+            }
+        }
+        deepest
+    }
+
     /// Python truthiness, as py2p's state-transfer check uses it: nil,
     /// false, 0, 0.0, and empty str/bin/array/map are falsy.
     pub fn is_truthy(&self) -> bool {

@@ -249,6 +249,9 @@ impl Actor {
                             }
                             pumping = true;
                         }
+                        ConnEvent::Skipped { conn, error } => {
+                            self.node.frame_skipped(conn, &error);
+                        }
                         ConnEvent::Closed { conn, reason } => {
                             self.conns.remove(&conn);
                             let now = self.clock.now();

@@ -6,11 +6,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
+use crate::error::DecodeError;
 use crate::net::transport::{BoxRead, Io};
 use crate::wire::{next_frame, Limits};
 
@@ -21,6 +22,8 @@ pub(crate) use crate::proto::ConnId;
 pub(crate) enum ConnEvent {
     /// Complete frame bodies arrived (all those one read completed).
     Frames { conn: ConnId, bodies: Vec<Bytes> },
+    /// A frame over the frame limit was read past (not buffered).
+    Skipped { conn: ConnId, error: DecodeError },
     /// The connection ended (end of stream, error, limit).
     Closed { conn: ConnId, reason: String },
 }
@@ -107,6 +110,10 @@ impl Drop for ConnHandle {
 /// actor (plus at most one read's worth), so a fast peer cannot pile up
 /// memory in front of a busy node.
 pub(crate) const MAX_UNHANDLED: usize = 1 << 20;
+
+/// The largest frame a reader reads past instead of closing the
+/// connection (py2p values have no size limit; 4 GiB prefixes are garbage).
+const MAX_SKIPPED_FRAME: u64 = 1 << 30;
 
 /// Frame bytes a reader handed to the actor and the actor has not handled.
 #[derive(Default)]
@@ -221,12 +228,42 @@ async fn read_loop(
     incomplete: Duration,
 ) -> String {
     let mut buf = BytesMut::with_capacity(16 * 1024);
+    // Bytes of an oversized frame still to read past: such a frame (py2p
+    // sends any size) is skipped without buffering it, and the link stays.
+    let mut skip = 0usize;
+    let mut frames_read = 0u64;
     loop {
         let mut bodies = Vec::new();
         let error = loop {
+            if skip > 0 {
+                let n = skip.min(buf.len());
+                buf.advance(n);
+                skip -= n;
+                if skip > 0 {
+                    break None;
+                }
+            }
             match next_frame(&mut buf, limits) {
-                Ok(Some(body)) => bodies.push(body),
+                Ok(Some(body)) => {
+                    frames_read += 1;
+                    bodies.push(body);
+                }
                 Ok(None) => break None,
+                // Only once the peer has sent a frame (its handshake), and
+                // not for absurd lengths: before that it is garbage.
+                Err(error @ DecodeError::FrameTooLarge { len, .. })
+                    if frames_read > 0 && len <= MAX_SKIPPED_FRAME =>
+                {
+                    buf.advance(4);
+                    skip = usize::try_from(len).unwrap_or(usize::MAX);
+                    if events
+                        .send(ConnEvent::Skipped { conn, error })
+                        .await
+                        .is_err()
+                    {
+                        return "node closed".into();
+                    }
+                }
                 Err(e) => break Some(e.to_string()),
             }
         };
@@ -254,7 +291,7 @@ async fn read_loop(
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(16 * 1024);
         }
-        let read = if buf.is_empty() {
+        let read = if buf.is_empty() && skip == 0 {
             rd.read_buf(&mut buf).await
         } else {
             match tokio::time::timeout(incomplete, rd.read_buf(&mut buf)).await {

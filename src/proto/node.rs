@@ -95,6 +95,12 @@ impl Node {
         self.mesh.handle_closed(conn, reason, now);
     }
 
+    /// The shell's reader skipped a frame over a limit on `conn` (the link
+    /// stays).
+    pub fn frame_skipped(&mut self, conn: ConnId, error: &crate::error::DecodeError) {
+        self.mesh.frame_skipped(conn, error);
+    }
+
     /// The shell could not queue bytes for `conn` (its queue is full).
     pub fn handle_slow(&mut self, conn: ConnId, now: Now) {
         self.mesh.handle_slow(conn, now);

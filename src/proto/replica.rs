@@ -23,6 +23,10 @@ const TRANSFER_CHUNK: usize = 256 * 1024;
 const TRANSFER_BATCH: usize = 1024;
 /// A state transfer is fed to a peer while less than this is queued for it.
 pub const TRANSFER_WINDOW: usize = 8 << 20;
+/// How far ahead of our clock a write may be dated: later dates are taken
+/// as now plus this, so a peer with a clock years ahead cannot take a lease
+/// for years (py2p and js2p take it as dated).
+pub const MAX_FUTURE_SKEW: i64 = 300;
 /// The msgpack encoding of nil: a tombstone's value.
 const NIL: &[u8] = &[0xc0];
 
@@ -197,6 +201,9 @@ impl Replica {
     /// with [`Error::LeaseHeld`], sending nothing, when another node holds
     /// the key's lease.
     pub fn set(&mut self, mesh: &mut Mesh, key: Vec<u8>, value: Value, now: Now) -> Result<()> {
+        if !value.is_nil() {
+            check_value(mesh, &key, &value)?;
+        }
         let meta = Meta {
             owner: mesh.id().to_vec(),
             timestamp: now.unix,
@@ -229,6 +236,9 @@ impl Replica {
                 key: key_text(&key),
                 found,
             })?;
+        // The delta travels live, the merged map in state transfers: both
+        // must be readable everywhere.
+        check_value(mesh, &key, &merged)?;
         self.apply(mesh, &key, merged, meta, WriteKind::Delta, now)
             .map_err(|r| lease_error(&key, r))?;
         mesh.send(
@@ -330,18 +340,20 @@ impl Replica {
 
     /// A message for the dictionary; false when it is not one.
     pub(crate) fn on_message(&mut self, mesh: &mut Mesh, inc: &Incoming, now: Now) -> bool {
+        let dated = |t: i64| t.min(now.unix.saturating_add(MAX_FUTURE_SKEW));
         match &inc.packet {
             Packet::Store(Store {
                 key,
                 value,
                 transfer: Some(t),
             }) => {
+                let timestamp = dated(t.timestamp);
                 let version = Version {
                     meta: Meta {
                         owner: t.owner.clone(),
-                        timestamp: t.timestamp,
+                        timestamp,
                     },
-                    since: t.since.unwrap_or(t.timestamp).min(t.timestamp),
+                    since: t.since.unwrap_or(timestamp).min(timestamp),
                     deleted: value.is_nil(),
                 };
                 if t.since.is_none() {
@@ -358,19 +370,29 @@ impl Replica {
             }) => {
                 let meta = Meta {
                     owner: inc.msg.sender.clone(),
-                    timestamp: inc.msg.time,
+                    timestamp: dated(inc.msg.time),
                 };
-                let _ = self.apply(mesh, key, value.clone(), meta, WriteKind::Store, now);
+                if self
+                    .apply(mesh, key, value.clone(), meta, WriteKind::Store, now)
+                    .is_err()
+                {
+                    self.answer_refusal(mesh, inc.conn, key, now);
+                }
                 true
             }
             Packet::Delta { key, delta } => {
                 let meta = Meta {
                     owner: inc.msg.sender.clone(),
-                    timestamp: inc.msg.time,
+                    timestamp: dated(inc.msg.time),
                 };
                 let current = self.lock().get(key);
                 if let Ok(merged) = merge_delta(current.as_ref(), delta) {
-                    let _ = self.apply(mesh, key, merged, meta, WriteKind::Delta, now);
+                    if self
+                        .apply(mesh, key, merged, meta, WriteKind::Delta, now)
+                        .is_err()
+                    {
+                        self.answer_refusal(mesh, inc.conn, key, now);
+                    }
                 }
                 true
             }
@@ -379,6 +401,27 @@ impl Replica {
             Packet::Ignored(_) => true,
             _ => false,
         }
+    }
+
+    /// A live write from an rs2p peer was refused by the lease rule: we hold
+    /// a version it does not know of (two nodes wrote the key in different
+    /// seconds before either heard of the other). The peer gets our version
+    /// with its lease start, and the merge rule ([`supersedes`]) settles the
+    /// key on both sides while they stay connected (py2p and js2p keep the
+    /// references' rule and never see this).
+    ///
+    /// [`supersedes`]: super::sync::supersedes
+    fn answer_refusal(&mut self, mesh: &mut Mesh, conn: ConnId, key: &[u8], now: Now) {
+        if mesh.peer_kind(conn) != PeerKind::Rs {
+            return;
+        }
+        let item = {
+            let d = self.lock();
+            let Some(e) = d.map.get(key) else { return };
+            let s = e.slot();
+            TransferItem::new(key, e.value_bytes(), &s.owner, s.timestamp, Some(s.since))
+        };
+        send_transfer(mesh, conn, &[item], now);
     }
 
     /// A state-transfer item from py2p or js2p: **the references' rule**, a
@@ -435,6 +478,38 @@ impl Replica {
         let since = version.since;
         Self::announce(mesh, key, changed, value.clone(), version.meta, since);
     }
+}
+
+/// Bytes a state-transfer store adds to its key, value and two copies of
+/// the node id (checksum, headers, flags, times).
+const STORE_OVERHEAD: usize = 96;
+
+/// One set of limits for every local write: a value is refused, before
+/// anything is written, when a peer or the store could not read it back —
+/// nested deeper than `max_depth - 1` levels (a value sits one level inside
+/// a message, and two inside a stored record), or in a message larger than
+/// `max_frame`.
+fn check_value(mesh: &Mesh, key: &[u8], value: &Value) -> Result<()> {
+    let limits = &mesh.settings().limits;
+    let max_depth = limits.max_depth.saturating_sub(1);
+    let depth = value.height();
+    if depth > max_depth {
+        return Err(Error::ValueTooDeep {
+            key: key_text(key),
+            depth,
+            max: max_depth,
+        });
+    }
+    let size = msgpack::encode(value).len() + key.len() + 2 * mesh.id().len() + STORE_OVERHEAD;
+    let max = limits.max_frame.min(limits.max_decompressed);
+    if size > max {
+        return Err(Error::ValueTooLarge {
+            key: key_text(key),
+            size,
+            max,
+        });
+    }
+    Ok(())
 }
 
 /// Frames state-transfer items and queues them in chunks.

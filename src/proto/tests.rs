@@ -536,3 +536,121 @@ fn reference_state_transfers_never_overwrite_a_held_value() {
     assert_eq!(net.get(0, "held"), Some(Value::from("mine")));
     assert_eq!(net.get(0, "new"), Some(Value::from("theirs")));
 }
+
+fn nested(depth: usize) -> Value {
+    let mut v = Value::from(1);
+    for _ in 1..depth {
+        v = Value::Array(vec![v]);
+    }
+    v
+}
+
+#[test]
+fn values_peers_could_not_read_are_refused_before_anything_is_sent() {
+    let mut net = Net::new(&["A", "B"]);
+    net.connect(0, 1);
+    let now = net.now;
+    let max = Limits::default().max_depth - 1;
+    net.nodes[0]
+        .set(b"deep".to_vec(), nested(max), now)
+        .unwrap();
+    net.settle();
+    assert_eq!(
+        net.get(1, "deep"),
+        Some(nested(max)),
+        "the deepest allowed arrives"
+    );
+    let err = net.nodes[0]
+        .set(b"deeper".to_vec(), nested(max + 1), now)
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::ValueTooDeep { depth, max: m, .. } if depth == max + 1 && m == max),
+        "{err}"
+    );
+    let big = Value::Bin(vec![7; Limits::default().max_frame]);
+    let err = net.nodes[0].set(b"big".to_vec(), big, now).unwrap_err();
+    assert!(matches!(err, Error::ValueTooLarge { .. }), "{err}");
+    // A delta whose merged map would be too deep is refused too.
+    let delta = vec![(Value::from("x"), nested(max))];
+    let err = net.nodes[0]
+        .apply_delta(b"m".to_vec(), delta, now)
+        .unwrap_err();
+    assert!(matches!(err, Error::ValueTooDeep { .. }), "{err}");
+    assert!(
+        net.nodes[0].poll_output().is_none(),
+        "a refused write sends nothing"
+    );
+    assert!(
+        net.get(0, "deeper").is_none() && net.get(0, "big").is_none() && net.get(0, "m").is_none()
+    );
+}
+
+#[test]
+fn a_frame_over_a_limit_is_skipped_and_the_link_stays() {
+    use super::PeerKind::Py;
+    let mut net = Net::new(&["A"]);
+    let py = net.fake(0, "P", Py, 11);
+    for (key, value) in [("deep", nested(70)), ("fine", Value::from(1))] {
+        let payload = [Value::from(sub::STORE), Value::from(key), value];
+        net.feed(
+            0,
+            py.conn,
+            &Packed::new(main::BROADCAST, b"P", T0, &payload),
+        );
+    }
+    assert_eq!(net.get(0, "fine"), Some(Value::from(1)));
+    assert!(net.get(0, "deep").is_none());
+    let st = net.nodes[0].stats();
+    assert_eq!((st.frames_skipped, st.bad_frames, st.peers), (1, 0, 1));
+}
+
+#[test]
+fn a_store_dated_years_ahead_takes_no_lease_beyond_the_skew() {
+    use super::replica::MAX_FUTURE_SKEW;
+    let mut net = Net::new(&["A", "B"]);
+    net.connect(0, 1);
+    for (key, time) in [("ahead", T0 + 10 * 365 * 86_400), ("max", i64::MAX)] {
+        let payload = [Value::from(sub::STORE), Value::from(key), Value::from(1)];
+        net.inject(0, 1, &Packed::new(main::BROADCAST, b"Z", time, &payload));
+        let meta = net.dicts[1].lock().unwrap().meta(key.as_bytes()).unwrap();
+        assert_eq!(meta.timestamp, T0 + MAX_FUTURE_SKEW, "{key}");
+    }
+    let now = net.now;
+    assert!(net.nodes[1]
+        .set(b"ahead".to_vec(), Value::from(2), now)
+        .is_err());
+    net.advance(Duration::from_secs(
+        (LEASE_SECS + MAX_FUTURE_SKEW + 1) as u64,
+    ));
+    let now = net.now;
+    net.nodes[1]
+        .set(b"ahead".to_vec(), Value::from(2), now)
+        .unwrap();
+    net.nodes[1]
+        .set(b"max".to_vec(), Value::from(2), now)
+        .unwrap();
+}
+
+#[test]
+fn writes_straddling_a_second_settle_while_connected() {
+    let mut net = Net::new(&["A", "B"]);
+    net.connect(0, 1);
+    // A writes at the end of one second, B at the start of the next, each
+    // before hearing of the other: both refuse the other's write.
+    let now = net.now;
+    net.nodes[0]
+        .set(b"k".to_vec(), Value::from("a"), now)
+        .unwrap();
+    net.set_time(Duration::from_secs(1));
+    let now = net.now;
+    net.nodes[1]
+        .set(b"k".to_vec(), Value::from("b"), now)
+        .unwrap();
+    net.settle();
+    // The lease taken first (A's) wins on both sides.
+    assert_eq!(net.get(0, "k"), Some(Value::from("a")));
+    assert_eq!(net.get(1, "k"), Some(Value::from("a")));
+    let v0 = net.dicts[0].lock().unwrap().version(b"k");
+    let v1 = net.dicts[1].lock().unwrap().version(b"k");
+    assert_eq!(v0, v1);
+}

@@ -13,6 +13,14 @@ use crate::wire::packet::{is_live_delete, Packet};
 use crate::wire::{Compression, MessageId, Packed};
 
 impl Mesh {
+    /// A frame over a limit was skipped (by the reader, for a length prefix
+    /// over the frame limit, or here): counted and logged, the link kept.
+    pub fn frame_skipped(&mut self, conn: ConnId, e: &crate::error::DecodeError) {
+        self.stats.frames_skipped += 1;
+        self.stats.last_error = Some(e.to_string());
+        tracing::warn!(conn, "frame skipped: {e}");
+    }
+
     // ----- sending -----
 
     /// Queues a frame; remembered for `resend`.
@@ -202,6 +210,13 @@ impl Mesh {
             .and_then(|p| p.parse(&self.cfg.limits).map(|m| (p, m)));
         let (packed, msg) = match parsed {
             Ok(pm) => pm,
+            Err(e) if e.is_limit() => {
+                // A well-formed frame carrying more than we read (py2p has
+                // no limits): skipped, and the rest of what the peer sends —
+                // the rest of a state transfer — still arrives.
+                self.frame_skipped(conn, &e);
+                return Upcall::Done;
+            }
             Err(e) => {
                 self.stats.bad_frames += 1;
                 self.stats.last_error = Some(e.to_string());

@@ -42,6 +42,9 @@ pub struct NodeStats {
     pub expired_broadcasts: u64,
     /// Frames refused as undecodable (their connection was dropped).
     pub bad_frames: u64,
+    /// Well-formed frames over a limit (frame size, decompressed size,
+    /// nesting, element count): skipped, their connection kept.
+    pub frames_skipped: u64,
     /// The last decoding error.
     pub last_error: Option<String>,
     /// Peers dropped because their send queue was full.
