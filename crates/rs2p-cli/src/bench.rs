@@ -1939,7 +1939,9 @@ fn resolve_root(arg: Option<PathBuf>) -> PathBuf {
             return cwd;
         }
     }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    // The repository root, two levels above this crate.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    root.canonicalize().unwrap_or(root)
 }
 
 async fn bench(args: BenchArgs) -> ExitCode {
