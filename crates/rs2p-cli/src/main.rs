@@ -10,8 +10,6 @@ use std::str::FromStr;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
-mod bench;
-mod bench_node;
 mod demo;
 mod json;
 mod node;
@@ -58,11 +56,11 @@ enum Command {
     ///
     /// The references are the ones installed by scripts/setup-peers.sh.
     /// Build with --release: `cargo run --release -- bench`.
-    Bench(bench::BenchArgs),
+    Bench(rs2p_bench::harness::BenchArgs),
     /// One node driven by `rs2p bench` through JSON lines (see
     /// docs/benchmarks.md).
     #[command(hide = true)]
-    BenchNode(bench_node::BenchNodeArgs),
+    BenchNode(rs2p_bench::node::BenchNodeArgs),
     /// Write a fresh self-signed TLS certificate and key (PEM) for
     /// `rs2p node --transport ssl --tls-cert FILE --tls-key FILE`, and print
     /// its SHA-256 fingerprint (what other nodes pass to --tls-pin).
@@ -290,8 +288,8 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Node(args) => node::run(&rt, args),
         Command::Demo(args) => rt.block_on(demo::run(args)),
-        Command::Bench(args) => bench::run(&rt, args),
-        Command::BenchNode(args) => bench_node::run(&rt, args),
+        Command::Bench(args) => rs2p_bench::harness::run(&rt, args),
+        Command::BenchNode(args) => rs2p_bench::node::run(&rt, args),
         Command::TlsKeygen(args) => node::tls_keygen(&args),
     };
     // Threads blocked on stdin or the terminal must not hold the exit.

@@ -1,8 +1,9 @@
 //! `rs2p bench`: rs2p side by side with py2p and js2p.
 //!
 //! Every node is its own process running an adapter that speaks the line
-//! protocol of `rs2p bench-node` (src/bin/rs2p/bench_node.rs): `rs2p
-//! bench-node` itself, `bench/py2p_adapter.py` and `bench/js2p_adapter.js`.
+//! protocol of `rs2p bench-node` ([`crate::node`]): `rs2p bench-node`
+//! itself, `crates/rs2p-bench/adapters/py2p_adapter.py` and
+//! `crates/rs2p-bench/adapters/js2p_adapter.js`.
 //! The harness starts them, links them, drives the five scenarios of
 //! docs/benchmarks.md, prints one table and writes it as markdown and JSON.
 //!
@@ -25,9 +26,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, watch};
 
-use crate::bench_node::now_us;
+use crate::node::now_us;
 
 const HOST: &str = "127.0.0.1";
+
+/// Where the py2p and js2p adapters are, from the repository root.
+const ADAPTERS: &str = "crates/rs2p-bench/adapters";
 
 /// Options of `rs2p bench`.
 #[derive(Debug, Args)]
@@ -52,8 +56,9 @@ pub struct BenchArgs {
     /// memory, wire).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
-    /// The repository (holds bench/ and .peers/; default: the current
-    /// directory if it has bench/, else where rs2p was built from).
+    /// The repository (holds crates/rs2p-bench/adapters/ and .peers/;
+    /// default: the current directory if it has the adapters, else where
+    /// rs2p was built from).
     #[arg(long)]
     pub root: Option<PathBuf>,
     /// Keep each node's stderr here (default: a fresh directory under the
@@ -125,6 +130,11 @@ struct Env {
 }
 
 impl Env {
+    /// An adapter script.
+    fn adapter(&self, name: &str) -> PathBuf {
+        self.root.join(ADAPTERS).join(name)
+    }
+
     fn python(&self) -> PathBuf {
         self.root.join(".peers/py/bin/python")
     }
@@ -141,7 +151,7 @@ impl Env {
         match imp {
             Impl::Rs2p => Ok(()),
             Impl::Py2p => {
-                let adapter = self.root.join("bench/py2p_adapter.py");
+                let adapter = self.adapter("py2p_adapter.py");
                 if !adapter.exists() {
                     return Err(format!("{} is missing", adapter.display()));
                 }
@@ -158,7 +168,7 @@ impl Env {
                 }
             }
             Impl::Js2p => {
-                let adapter = self.root.join("bench/js2p_adapter.js");
+                let adapter = self.adapter("js2p_adapter.js");
                 if !adapter.exists() {
                     return Err(format!("{} is missing", adapter.display()));
                 }
@@ -189,12 +199,13 @@ impl Env {
             }
             Impl::Py2p => {
                 let mut c = Command::new(self.python());
-                c.arg(self.root.join("bench/py2p_adapter.py"));
+                c.arg(self.adapter("py2p_adapter.py"));
                 c
             }
             Impl::Js2p => {
                 let mut c = Command::new("node");
-                c.arg(self.root.join("bench/js2p_adapter.js"));
+                c.arg(self.adapter("js2p_adapter.js"));
+                c.env("RS2P_JS2P", self.js2p_dir());
                 c
             }
         };
@@ -1926,7 +1937,7 @@ impl Table {
 }
 
 /// The method section of docs/benchmarks.md.
-const METHOD: &str = include_str!("../../../bench/method.md");
+const METHOD: &str = include_str!("../method.md");
 
 // ------------------------------------------------------------------ main
 
@@ -1935,7 +1946,7 @@ fn resolve_root(arg: Option<PathBuf>) -> PathBuf {
         return r;
     }
     if let Ok(cwd) = std::env::current_dir() {
-        if cwd.join("bench").is_dir() {
+        if cwd.join(ADAPTERS).is_dir() {
             return cwd;
         }
     }
@@ -2336,8 +2347,8 @@ async fn bench(args: BenchArgs) -> ExitCode {
                     .unwrap_or_else(|| "?".into());
                 match i {
                     Impl::Rs2p => format!("rs2p {v} (`rs2p bench-node`)"),
-                    Impl::Py2p => format!("py2p {v} (`bench/py2p_adapter.py`)"),
-                    Impl::Js2p => format!("js2p {v} (`bench/js2p_adapter.js`)"),
+                    Impl::Py2p => format!("py2p {v} (`crates/rs2p-bench/adapters/py2p_adapter.py`)"),
+                    Impl::Js2p => format!("js2p {v} (`crates/rs2p-bench/adapters/js2p_adapter.js`)"),
                 }
             })
             .collect::<Vec<_>>()
