@@ -1,15 +1,16 @@
 //! `rs2p`: run a p2p-today 0.7 sync node (interactive, scripted through
 //! JSON lines, or headless) or watch a few nodes replicate in a demo.
 
-use std::fmt;
 use std::io::IsTerminal;
-use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::str::FromStr;
 
-use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Parser, Subcommand};
+use tokio::runtime::Runtime;
 use tracing_subscriber::EnvFilter;
 
+use crate::args::{DemoArgs, NodeArgs, TlsKeygenArgs};
+
+mod args;
 mod demo;
 mod json;
 mod node;
@@ -67,21 +68,6 @@ enum Command {
     TlsKeygen(TlsKeygenArgs),
 }
 
-/// Options of `rs2p tls-keygen`.
-#[derive(Debug, Args)]
-pub struct TlsKeygenArgs {
-    /// Where to write the certificate (PEM).
-    #[arg(long, value_name = "FILE")]
-    pub cert: std::path::PathBuf,
-    /// Where to write the private key (PEM; created readable by the owner
-    /// only).
-    #[arg(long, value_name = "FILE")]
-    pub key: std::path::PathBuf,
-    /// Replace files that already exist.
-    #[arg(long)]
-    pub force: bool,
-}
-
 /// The long help's appendix of `rs2p node`: the JSON interface in short.
 const NODE_HELP: &str = "\
 JSON interface (--json):
@@ -107,151 +93,6 @@ JSON interface (--json):
 
 Shell (a terminal on stdin, no --json): type `help` at the `rs2p>` prompt.";
 
-/// The transport to speak. Its name is hashed into the protocol id, so
-/// nodes on different transports never share a mesh.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum TransportArg {
-    /// Plain TCP (py2p's and js2p's `Plaintext`).
-    Plaintext,
-    /// TLS (py2p's and js2p's `SSL`) with a fresh self-signed certificate;
-    /// peers' certificates are not checked, so it only protects against
-    /// passive eavesdropping.
-    Ssl,
-    /// WebSocket (js2p's `ws`); see --http-port for the browser page.
-    Ws,
-}
-
-impl TransportArg {
-    /// The library's transport.
-    pub fn to_transport(self) -> rs2p::Transport {
-        match self {
-            TransportArg::Plaintext => rs2p::Transport::Plaintext,
-            TransportArg::Ssl => rs2p::Transport::Ssl,
-            TransportArg::Ws => rs2p::Transport::Ws,
-        }
-    }
-}
-
-/// A `HOST:PORT` pair whose host may be a name, an IPv4 address or a
-/// bracketed IPv6 address.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HostPort {
-    /// The host, without brackets.
-    pub host: String,
-    /// The port.
-    pub port: u16,
-}
-
-impl FromStr for HostPort {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<HostPort, String> {
-        let (host, port) = s
-            .rsplit_once(':')
-            .ok_or_else(|| format!("`{s}` is not HOST:PORT"))?;
-        let host = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host);
-        if host.is_empty() {
-            return Err(format!("`{s}` has no host"));
-        }
-        let port = port
-            .parse::<u16>()
-            .map_err(|_| format!("`{port}` is not a port (0-65535)"))?;
-        Ok(HostPort {
-            host: host.to_string(),
-            port,
-        })
-    }
-}
-
-impl fmt::Display for HostPort {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
-    }
-}
-
-/// Options of `rs2p node`.
-#[derive(Debug, Args)]
-pub struct NodeArgs {
-    /// Address to listen on (port 0 picks a free port).
-    #[arg(short, long, value_name = "HOST:PORT", default_value = "127.0.0.1:0")]
-    pub listen: SocketAddr,
-
-    /// A node to connect to at startup (repeatable). Startup fails when one
-    /// cannot be reached.
-    #[arg(short, long, value_name = "HOST:PORT")]
-    pub connect: Vec<HostPort>,
-
-    /// Base subnet name; the leasing digit is appended (`sync` becomes
-    /// `sync1`, or `sync0` with --no-leasing). Only nodes with the same
-    /// subnet, leasing and transport can talk.
-    #[arg(long, value_name = "NAME", default_value = "sync")]
-    pub subnet: String,
-
-    /// Turn leases off: any node may overwrite any key, the latest write
-    /// wins.
-    #[arg(long)]
-    pub no_leasing: bool,
-
-    /// Transport to speak.
-    #[arg(long, value_enum, default_value_t = TransportArg::Plaintext)]
-    pub transport: TransportArg,
-
-    /// With --transport ws: serve a browser page on this port (same host as
-    /// --listen) that joins the mesh from the browser.
-    #[arg(long, value_name = "PORT")]
-    pub http_port: Option<u16>,
-
-    /// Address advertised to peers (default: the listening address, or
-    /// 127.0.0.1 when listening on 0.0.0.0).
-    #[arg(long, value_name = "HOST:PORT")]
-    pub out_addr: Option<SocketAddr>,
-
-    /// Keep the dictionary and the node id in this folder, so that a
-    /// restarted node (even after a crash) has every acknowledged write and
-    /// the same id; writes return once they are on disk.
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: Option<std::path::PathBuf>,
-
-    /// With --transport ssl: this node's certificate chain (PEM, leaf
-    /// first), e.g. from `rs2p tls-keygen`. Default: a fresh self-signed
-    /// certificate at every start. Its fingerprint is printed on stderr.
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
-    pub tls_cert: Option<std::path::PathBuf>,
-
-    /// The private key (PEM) of --tls-cert.
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
-    pub tls_key: Option<std::path::PathBuf>,
-
-    /// With --transport ssl: talk only to nodes whose certificate has this
-    /// SHA-256 fingerprint (64 hex digits, colons allowed; repeatable).
-    /// Both ends are then authenticated: list every node of the mesh, this
-    /// one too. Only rs2p nodes can join such a mesh (py2p and js2p present
-    /// no client certificate). Without it, any certificate is accepted, as
-    /// py2p and js2p do: TLS then only hides the traffic from passive
-    /// eavesdroppers.
-    #[arg(long, value_name = "SHA256")]
-    pub tls_pin: Vec<rs2p::config::CertFingerprint>,
-
-    /// Speak JSON lines on stdin/stdout instead of running the shell.
-    #[arg(long)]
-    pub json: bool,
-}
-
-/// Options of `rs2p demo`.
-#[derive(Debug, Args)]
-pub struct DemoArgs {
-    /// Number of nodes (2 to 16).
-    #[arg(short, long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(2..=16))]
-    pub nodes: u8,
-}
-
 fn init_logging(verbose: u8) {
     let default = match verbose {
         0 => "warn",
@@ -272,6 +113,26 @@ fn init_logging(verbose: u8) {
         .try_init();
 }
 
+/// Runs `rs2p node`: starts the node, then hands it to the JSON interface,
+/// the interactive shell, or runs it headless until a signal. The exit code
+/// says whether it started.
+fn run_node(rt: &Runtime, args: NodeArgs) -> ExitCode {
+    let node = match rt.block_on(node::start(&args)) {
+        Ok(node) => node,
+        Err(e) => {
+            eprintln!("rs2p: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.json {
+        rt.block_on(json::run(node))
+    } else if std::io::stdin().is_terminal() {
+        shell::run(rt, node)
+    } else {
+        rt.block_on(node::headless(node))
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
@@ -286,7 +147,7 @@ fn main() -> ExitCode {
         }
     };
     let code = match cli.command {
-        Command::Node(args) => node::run(&rt, args),
+        Command::Node(args) => run_node(&rt, args),
         Command::Demo(args) => rt.block_on(demo::run(args)),
         Command::Bench(args) => rs2p_bench::harness::run(&rt, args),
         Command::BenchNode(args) => rs2p_bench::node::run(&rt, args),
@@ -305,17 +166,5 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn host_port() {
-        let hp: HostPort = "example.org:80".parse().unwrap();
-        assert_eq!((hp.host.as_str(), hp.port), ("example.org", 80));
-        let hp: HostPort = "[::1]:5".parse().unwrap();
-        assert_eq!((hp.host.as_str(), hp.port), ("::1", 5));
-        assert_eq!(hp.to_string(), "[::1]:5");
-        assert!("nope".parse::<HostPort>().is_err());
-        assert!(":1".parse::<HostPort>().is_err());
-        assert!("h:70000".parse::<HostPort>().is_err());
     }
 }
