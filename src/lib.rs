@@ -117,5 +117,6 @@ pub use error::{DecodeError, Error, Result, ValueError};
 pub use mesh::{EventStream, MeshEvent, MeshSocket, Message, NodeStats, PeerInfo, PeerKind};
 pub use proto::sync::Meta;
 pub use sync::{SyncEvent, SyncEventStream, SyncSocket};
-pub use value::{from_value, to_value, Integer, Value};
+pub use value::{Integer, Value};
+pub use wire::msgpack::{from_value, to_value};
 pub use wire::Compression;
