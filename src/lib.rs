@@ -109,6 +109,7 @@ pub mod proto;
 pub(crate) mod store;
 pub mod sync;
 pub mod value;
+#[cfg(feature = "web")]
 pub mod web;
 pub mod wire;
 
