@@ -56,7 +56,7 @@ enum Command {
     /// the table to docs/benchmarks.md and docs/benchmarks.json.
     ///
     /// The references are the ones installed by scripts/setup-peers.sh.
-    /// Build with --release: `cargo run --release -- bench`.
+    /// Build with --release: `cargo run --release --bin rs2p -- bench`.
     Bench(rs2p_bench::harness::BenchArgs),
     /// One node driven by `rs2p bench` through JSON lines (see
     /// docs/benchmarks.md).
