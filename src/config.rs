@@ -6,7 +6,9 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::wire::{ids, Compression, Limits};
 
-pub use crate::net::tls::{CertFingerprint, TlsConfig, TlsIdentity, TlsVerify};
+#[cfg(feature = "tls")]
+pub use crate::net::tls::TlsIdentity;
+pub use crate::net::tls::{CertFingerprint, TlsConfig, TlsVerify};
 
 /// The transport, whose name is hashed into the protocol id (so nodes on
 /// different transports never share a subnet).
@@ -19,12 +21,18 @@ pub enum Transport {
     /// TLS (`SSL`), as py2p and js2p speak it; settings in
     /// [`MeshConfig::tls`]. By default this only protects against passive
     /// eavesdropping (no peer is authenticated, see [`TlsVerify`]).
+    ///
+    /// Needs the crate feature `tls` (on by default); without it, binding
+    /// fails with [`Error::FeatureDisabled`].
     Ssl,
     /// WebSocket (`ws`), as js2p and browsers speak it: the node's port
     /// accepts WebSocket upgrades (any path, `Host` and `Origin`, so a page
     /// from any site a local user visits could connect) and peers are
     /// dialed at `ws://host:port/`. No encryption, no authentication. py2p
     /// has no ws transport. See [`web`](crate::web) for a browser page.
+    ///
+    /// Needs the crate feature `ws` (on by default); without it, binding
+    /// fails with [`Error::FeatureDisabled`].
     Ws,
 }
 
@@ -151,6 +159,12 @@ impl MeshConfig {
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
+        if self.transport == Transport::Ssl && !cfg!(feature = "tls") {
+            return Err(Error::FeatureDisabled("tls"));
+        }
+        if self.transport == Transport::Ws && !cfg!(feature = "ws") {
+            return Err(Error::FeatureDisabled("ws"));
+        }
         if self.send_queue == 0 || self.recv_queue == 0 || self.max_connections == 0 {
             return Err(Error::Config(
                 "send_queue, recv_queue and max_connections must be at least 1".into(),
@@ -192,6 +206,8 @@ pub struct SyncConfig {
     pub leasing: bool,
     /// Keep the dictionary and the node id in this folder (a redb
     /// database), so a restarted node loses nothing and keeps its id.
+    /// Needs the crate feature `store` (on by default); without it, binding
+    /// fails with [`Error::FeatureDisabled`].
     pub data_dir: Option<std::path::PathBuf>,
 }
 

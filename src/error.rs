@@ -217,6 +217,13 @@ pub enum Error {
         /// The limit ([`MeshConfig::max_connections`](crate::MeshConfig::max_connections)).
         max: usize,
     },
+    /// The configuration asks for something this build of rs2p leaves out:
+    /// the named Cargo feature of the `rs2p` crate is off (`tls` for
+    /// [`Transport::Ssl`](crate::Transport::Ssl), `ws` for
+    /// [`Transport::Ws`](crate::Transport::Ws), `store` for
+    /// [`SyncConfig::data_dir`](crate::SyncConfig::data_dir)).
+    #[error("this build of rs2p has no `{0}` feature (enable it in Cargo.toml)")]
+    FeatureDisabled(&'static str),
 }
 
 impl Error {
@@ -241,6 +248,7 @@ impl Error {
             Error::ConnectionLimit { .. } => "connection_limit",
             Error::ValueTooDeep { .. } => "value_too_deep",
             Error::ValueTooLarge { .. } => "value_too_large",
+            Error::FeatureDisabled(_) => "feature_disabled",
         }
     }
 }

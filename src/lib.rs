@@ -109,6 +109,7 @@ pub mod proto;
 pub(crate) mod store;
 pub mod sync;
 pub mod value;
+#[cfg(feature = "web")]
 pub mod web;
 pub mod wire;
 
@@ -117,5 +118,6 @@ pub use error::{DecodeError, Error, Result, ValueError};
 pub use mesh::{EventStream, MeshEvent, MeshSocket, Message, NodeStats, PeerInfo, PeerKind};
 pub use proto::sync::Meta;
 pub use sync::{SyncEvent, SyncEventStream, SyncSocket};
-pub use value::{from_value, to_value, Integer, Value};
+pub use value::{Integer, Value};
+pub use wire::msgpack::{from_value, to_value};
 pub use wire::Compression;

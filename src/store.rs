@@ -9,18 +9,27 @@
 //! durable. Under concurrent writers many sets share one fsync.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+#[cfg(feature = "store")]
+use std::sync::Mutex;
 
+#[cfg(feature = "store")]
 use indexmap::IndexMap;
+#[cfg(feature = "store")]
 use redb::{Database, ReadableTable, TableDefinition};
-use tokio::sync::{watch, Notify};
+#[cfg(feature = "store")]
+use tokio::sync::watch;
+use tokio::sync::Notify;
 
 use crate::error::{Error, Result};
 use crate::proto::sync::Meta;
 use crate::value::Value;
+#[cfg(feature = "store")]
 use crate::wire::{msgpack, Limits};
 
+#[cfg(feature = "store")]
 const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data");
+#[cfg(feature = "store")]
 const NODE: TableDefinition<&str, &str> = TableDefinition::new("node");
 
 /// What is stored for a key: a value or a tombstone, with its metadata.
@@ -31,6 +40,7 @@ pub(crate) struct Stored {
     pub since: i64,
 }
 
+#[cfg(feature = "store")]
 impl Stored {
     fn encode(&self) -> Vec<u8> {
         msgpack::encode(&Value::Array(vec![
@@ -67,12 +77,14 @@ impl Stored {
 /// Every saved key, as loaded at start-up.
 pub(crate) type Loaded = Vec<(Vec<u8>, Stored)>;
 
+#[cfg(feature = "store")]
 struct Pending {
     changes: IndexMap<Vec<u8>, Option<Stored>>,
     seq: u64,
 }
 
 /// A handle to the store; cheap to clone.
+#[cfg(feature = "store")]
 #[derive(Clone)]
 pub(crate) struct Store {
     db: Arc<Database>,
@@ -84,10 +96,12 @@ pub(crate) struct Store {
     committed_tx: Arc<watch::Sender<(u64, Option<String>)>>,
 }
 
+#[cfg(feature = "store")]
 fn store_err(e: impl std::fmt::Display) -> Error {
     Error::Store(e.to_string())
 }
 
+#[cfg(feature = "store")]
 impl Store {
     /// Opens (or creates) the store in `dir`; returns it, the saved node id
     /// and every saved key.
@@ -226,5 +240,36 @@ impl Store {
                 }
             }
         })
+    }
+}
+
+/// The store in a build without the `store` feature: it cannot be opened,
+/// so binding a node with a
+/// [`data_dir`](crate::SyncConfig::data_dir) fails with
+/// [`Error::FeatureDisabled`].
+#[cfg(not(feature = "store"))]
+#[derive(Clone)]
+pub(crate) enum Store {}
+
+#[cfg(not(feature = "store"))]
+impl Store {
+    pub(crate) fn open(_dir: &Path) -> Result<(Store, Option<String>, Loaded)> {
+        Err(Error::FeatureDisabled("store"))
+    }
+
+    pub(crate) fn save_id(&self, _id: &str) -> Result<()> {
+        match *self {}
+    }
+
+    pub(crate) fn record(&self, _key: &[u8], _stored: Option<Stored>) -> u64 {
+        match *self {}
+    }
+
+    pub(crate) async fn durable(&self, _seq: u64) -> Result<()> {
+        match *self {}
+    }
+
+    pub(crate) fn spawn_committer(&self, _stop: Arc<Notify>) -> tokio::task::JoinHandle<()> {
+        match *self {}
     }
 }

@@ -9,9 +9,6 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-
 use crate::error::ValueError;
 
 /// A msgpack integer: any value in `i64::MIN ..= u64::MAX`.
@@ -403,29 +400,6 @@ impl TryFrom<Value> for Vec<Value> {
             }),
         }
     }
-}
-
-/// Converts any `Serialize` type into a [`Value`] (structs become maps with
-/// str keys, `serde_bytes` fields become bin).
-///
-/// ```
-/// #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
-/// struct Point { x: i32, y: i32 }
-/// let v = rs2p::to_value(&Point { x: 1, y: -2 }).unwrap();
-/// assert_eq!(v.map_get(&"y".into()), Some(&rs2p::Value::from(-2)));
-/// let back: Point = rs2p::from_value(&v).unwrap();
-/// assert_eq!(back, Point { x: 1, y: -2 });
-/// ```
-pub fn to_value<T: Serialize + ?Sized>(value: &T) -> Result<Value, ValueError> {
-    let bytes = rmp_serde::to_vec_named(value).map_err(|e| ValueError::Serde(e.to_string()))?;
-    crate::wire::msgpack::decode(&bytes, &crate::wire::Limits::default())
-        .map_err(|e| ValueError::Serde(e.to_string()))
-}
-
-/// Converts a [`Value`] into any `Deserialize` type (see [`to_value`]).
-pub fn from_value<T: DeserializeOwned>(value: &Value) -> Result<T, ValueError> {
-    let bytes = crate::wire::msgpack::encode(value);
-    rmp_serde::from_slice(&bytes).map_err(|e| ValueError::Serde(e.to_string()))
 }
 
 impl fmt::Display for Value {

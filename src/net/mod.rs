@@ -6,4 +6,6 @@ pub(crate) mod actor;
 pub(crate) mod conn;
 pub(crate) mod tls;
 pub(crate) mod transport;
+// Without the `ws` feature, a stand-in that refuses every connection.
+#[cfg_attr(not(feature = "ws"), path = "ws_off.rs")]
 pub(crate) mod ws;

@@ -10,14 +10,19 @@
 
 use std::fmt;
 use std::io;
+#[cfg(feature = "tls")]
 use std::net::SocketAddr;
+#[cfg(feature = "tls")]
 use std::path::Path;
 use std::str::FromStr;
+#[cfg(feature = "tls")]
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
+#[cfg(feature = "tls")]
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+#[cfg(feature = "tls")]
 use tokio_rustls::rustls::{
     self,
     client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
@@ -26,13 +31,17 @@ use tokio_rustls::rustls::{
     server::danger::{ClientCertVerified, ClientCertVerifier},
     CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme,
 };
+#[cfg(feature = "tls")]
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::error::{Error, Result};
-use crate::net::transport::{BoxFuture, FrameWrite, Io, Transport};
+#[cfg(feature = "tls")]
+use crate::net::transport::FrameWrite;
+use crate::net::transport::{BoxFuture, Io, Transport};
 
 /// The server name a dialer asks for. No SNI is sent (the references send
 /// none and check none), so it only has to be a valid DNS name.
+#[cfg(feature = "tls")]
 const SERVER_NAME: &str = "rs2p.invalid";
 
 /// TLS settings of the `SSL` transport ([`Transport::Ssl`](crate::Transport::Ssl)).
@@ -63,6 +72,7 @@ pub struct TlsConfig {
     /// The certificate and key this node presents, as listener and (in
     /// pinned mode) as dialer. `None`: a fresh self-signed ECDSA P-256
     /// certificate is generated when the node binds, as py2p and js2p do.
+    #[cfg(feature = "tls")]
     pub identity: Option<TlsIdentity>,
     /// How the certificates of peers are checked.
     pub verify: TlsVerify,
@@ -75,6 +85,7 @@ impl TlsConfig {
     }
 
     /// Sets the certificate and key to present.
+    #[cfg(feature = "tls")]
     pub fn with_identity(mut self, identity: TlsIdentity) -> Self {
         self.identity = Some(identity);
         self
@@ -168,12 +179,14 @@ impl FromStr for CertFingerprint {
 }
 
 /// A certificate chain and its private key.
+#[cfg(feature = "tls")]
 #[derive(Clone)]
 pub struct TlsIdentity {
     certs: Vec<CertificateDer<'static>>,
     key: Arc<PrivateKeyDer<'static>>,
 }
 
+#[cfg(feature = "tls")]
 impl fmt::Debug for TlsIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TlsIdentity")
@@ -183,6 +196,7 @@ impl fmt::Debug for TlsIdentity {
     }
 }
 
+#[cfg(feature = "tls")]
 impl TlsIdentity {
     /// A fresh self-signed ECDSA P-256 certificate (any certificate works
     /// with the references, whose clients check nothing).
@@ -263,20 +277,24 @@ impl TlsIdentity {
     }
 }
 
+#[cfg(feature = "tls")]
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+#[cfg(feature = "tls")]
 fn tls_error(e: rustls::Error) -> Error {
     Error::Config(format!("TLS setup: {e}"))
 }
 
 /// The `SSL` transport.
+#[cfg(feature = "tls")]
 pub(crate) struct Tls {
     acceptor: TlsAcceptor,
     connector: TlsConnector,
 }
 
+#[cfg(feature = "tls")]
 impl Tls {
     /// Builds the server and client sides; generates a certificate when the
     /// configuration has none.
@@ -326,6 +344,7 @@ impl Tls {
     }
 }
 
+#[cfg(feature = "tls")]
 impl Transport for Tls {
     fn accept(&self, tcp: TcpStream) -> BoxFuture<'static, io::Result<Io>> {
         let acceptor = self.acceptor.clone();
@@ -351,6 +370,7 @@ impl Transport for Tls {
     }
 }
 
+#[cfg(feature = "tls")]
 fn split<S>(stream: S, peer: SocketAddr) -> Io
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
@@ -365,8 +385,10 @@ where
 
 /// Writes an item and flushes: a TLS stream may keep encrypted records
 /// buffered after `write` returns, which would stall the item.
+#[cfg(feature = "tls")]
 struct FlushWrite<W>(W);
 
+#[cfg(feature = "tls")]
 impl<W: AsyncWrite + Send + Unpin> FrameWrite for FlushWrite<W> {
     fn write<'a>(&'a mut self, item: &'a [u8]) -> BoxFuture<'a, io::Result<()>> {
         Box::pin(async move {
@@ -380,11 +402,13 @@ impl<W: AsyncWrite + Send + Unpin> FrameWrite for FlushWrite<W> {
 }
 
 /// [`TlsVerify::AcceptAny`]: the references' "verify nothing" client.
+#[cfg(feature = "tls")]
 #[derive(Debug)]
 struct AcceptAny {
     algs: WebPkiSupportedAlgorithms,
 }
 
+#[cfg(feature = "tls")]
 impl ServerCertVerifier for AcceptAny {
     fn verify_server_cert(
         &self,
@@ -423,12 +447,14 @@ impl ServerCertVerifier for AcceptAny {
 }
 
 /// [`TlsVerify::Pinned`], for both directions.
+#[cfg(feature = "tls")]
 #[derive(Debug)]
 struct Pinned {
     pins: Vec<CertFingerprint>,
     algs: WebPkiSupportedAlgorithms,
 }
 
+#[cfg(feature = "tls")]
 impl Pinned {
     fn check(&self, cert: &CertificateDer<'_>) -> std::result::Result<(), rustls::Error> {
         if self.pins.contains(&CertFingerprint::of_der(cert)) {
@@ -441,6 +467,7 @@ impl Pinned {
     }
 }
 
+#[cfg(feature = "tls")]
 impl ServerCertVerifier for Pinned {
     fn verify_server_cert(
         &self,
@@ -477,6 +504,7 @@ impl ServerCertVerifier for Pinned {
     }
 }
 
+#[cfg(feature = "tls")]
 impl ClientCertVerifier for Pinned {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         &[]
@@ -515,7 +543,31 @@ impl ClientCertVerifier for Pinned {
     }
 }
 
-#[cfg(test)]
+/// The `SSL` transport in a build without the `tls` feature: it cannot be
+/// made, so binding a [`Transport::Ssl`](crate::Transport::Ssl) node fails
+/// with [`Error::FeatureDisabled`].
+#[cfg(not(feature = "tls"))]
+pub(crate) enum Tls {}
+
+#[cfg(not(feature = "tls"))]
+impl Tls {
+    pub(crate) fn new(_cfg: &TlsConfig) -> Result<Tls> {
+        Err(Error::FeatureDisabled("tls"))
+    }
+}
+
+#[cfg(not(feature = "tls"))]
+impl Transport for Tls {
+    fn accept(&self, _tcp: TcpStream) -> BoxFuture<'static, io::Result<Io>> {
+        match *self {}
+    }
+
+    fn connect(&self, _host: String, _port: u16) -> BoxFuture<'static, io::Result<Io>> {
+        match *self {}
+    }
+}
+
+#[cfg(all(test, feature = "tls"))]
 mod tests {
     use super::*;
 

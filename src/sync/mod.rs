@@ -166,7 +166,7 @@ impl SyncSocket {
     pub fn get_as<T: DeserializeOwned>(&self, key: impl AsRef<[u8]>) -> Result<Option<T>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => Ok(Some(crate::value::from_value(&v)?)),
+            Some(v) => Ok(Some(crate::from_value(&v)?)),
         }
     }
 

@@ -1,11 +1,15 @@
-//! msgpack encoding and bounded decoding of [`Value`].
+//! msgpack encoding and bounded decoding of [`Value`], and the serde glue
+//! ([`to_value`], [`from_value`]) that goes through them.
 //!
 //! The encoder always writes the smallest representation (as u-msgpack-python
 //! does), so py2p's bytes are reproduced exactly. The decoder accepts every
 //! msgpack type except extensions, checks every declared length against the
 //! remaining input before allocating, and enforces a depth and element limit.
 
-use crate::error::DecodeError;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{DecodeError, ValueError};
 use crate::value::{Integer, Value};
 use crate::wire::Limits;
 
@@ -164,6 +168,30 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Value, DecodeError> {
         });
     }
     Ok(v)
+}
+
+/// Converts any `Serialize` type into a [`Value`] (structs become maps with
+/// str keys, `serde_bytes` fields become bin), by way of its msgpack
+/// encoding (rmp-serde writes it, [`decode`] reads it back).
+///
+/// ```
+/// #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+/// struct Point { x: i32, y: i32 }
+/// let v = rs2p::to_value(&Point { x: 1, y: -2 }).unwrap();
+/// assert_eq!(v.map_get(&"y".into()), Some(&rs2p::Value::from(-2)));
+/// let back: Point = rs2p::from_value(&v).unwrap();
+/// assert_eq!(back, Point { x: 1, y: -2 });
+/// ```
+pub fn to_value<T: Serialize + ?Sized>(value: &T) -> Result<Value, ValueError> {
+    let bytes = rmp_serde::to_vec_named(value).map_err(|e| ValueError::Serde(e.to_string()))?;
+    decode(&bytes, &Limits::default()).map_err(|e| ValueError::Serde(e.to_string()))
+}
+
+/// Converts a [`Value`] into any `Deserialize` type (see [`to_value`]),
+/// by way of its msgpack encoding.
+pub fn from_value<T: DeserializeOwned>(value: &Value) -> Result<T, ValueError> {
+    let bytes = encode(value);
+    rmp_serde::from_slice(&bytes).map_err(|e| ValueError::Serde(e.to_string()))
 }
 
 /// A bounded msgpack reader over a byte slice.

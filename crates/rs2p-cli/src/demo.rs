@@ -6,8 +6,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rs2p::{Error, SyncConfig, SyncSocket, Value};
 use unicode_width::UnicodeWidthStr;
 
+use crate::args::DemoArgs;
 use crate::values::{key_display, value_to_json, values_match};
-use crate::DemoArgs;
 
 /// How long the nodes get to link up, and then to converge.
 const DEADLINE: Duration = Duration::from_secs(20);

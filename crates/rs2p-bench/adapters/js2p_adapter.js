@@ -3,7 +3,7 @@
 // of `rs2p bench-node` (see docs/benchmarks.md), so that `rs2p bench`
 // drives js2p exactly as it drives rs2p and py2p.
 //
-//     node bench/js2p_adapter.js --host 127.0.0.1 --port 0
+//     node crates/rs2p-bench/adapters/js2p_adapter.js --host 127.0.0.1 --port 0
 //
 // stdout: events, one JSON object per line, each with "ev" and "t"
 // (microseconds since the Unix epoch: performance.timeOrigin +
@@ -84,7 +84,7 @@ function text(k) {
 async function main() {
     const opts = parseArgs(process.argv.slice(2));
     const where = process.env.RS2P_JS2P ||
-        path.join(__dirname, '..', '.peers', 'js', 'node_modules', 'js2p');
+        path.join(__dirname, '..', '..', '..', '.peers', 'js', 'node_modules', 'js2p');
     const js2p = require(where);
     let js2pVersion = '?';
     try { js2pVersion = require(path.join(where, 'package.json')).version; } catch (e) { /* keep '?' */ }

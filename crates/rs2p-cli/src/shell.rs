@@ -14,10 +14,9 @@ use serde_json::Value as Json;
 use tokio::runtime::Runtime;
 use tokio_stream::StreamExt;
 
-use crate::json::error_kind;
+use crate::args::HostPort;
 use crate::node::{Node, Signals};
 use crate::values::{json_to_key, json_to_value, key_display, value_to_json};
-use crate::HostPort;
 
 const PROMPT: &str = "rs2p> ";
 
@@ -207,7 +206,7 @@ fn no_more(rest: &str, usage: &str) -> Result<(), String> {
 }
 
 fn lib_err(e: rs2p::Error) -> String {
-    format!("{e} [{}]", error_kind(&e))
+    format!("{e} [{}]", e.kind())
 }
 
 async fn execute(node: &Node, watch: &AtomicBool, line: &str) -> Result<Flow, String> {

@@ -1,73 +1,10 @@
-//! `rs2p`: run a p2p-today 0.7 sync node (interactive, scripted through
-//! JSON lines, or headless) or watch a few nodes replicate in a demo.
+//! The options of the subcommands, and the `HOST:PORT` type they share.
 
 use std::fmt;
-use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::process::ExitCode;
 use std::str::FromStr;
 
-use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
-use tracing_subscriber::EnvFilter;
-
-mod bench;
-mod bench_node;
-mod demo;
-mod json;
-mod node;
-mod shell;
-mod values;
-
-/// A p2p-today protocol 0.7 node, wire-compatible with py2p and js2p.
-///
-/// rs2p keeps a dictionary replicated to every node of a mesh (py2p's and
-/// js2p's SyncSocket). Run `rs2p demo` to see a few nodes converge, or
-/// `rs2p node` to join a mesh.
-#[derive(Debug, Parser)]
-#[command(name = "rs2p", version, propagate_version = true)]
-struct Cli {
-    /// More log output on stderr: -v info, -vv debug, -vvv trace (default:
-    /// warnings only; RUST_LOG, when set, overrides this).
-    #[arg(short, long, action = ArgAction::Count, global = true)]
-    verbose: u8,
-
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Run a sync node until Ctrl-C or SIGTERM.
-    ///
-    /// With --json, stdin and stdout speak JSON lines (one request per
-    /// line in, one reply per request out, with events in between). Without
-    /// --json and with a terminal on stdin, an interactive shell (type
-    /// `help`). Otherwise the node prints `listening on HOST:PORT as ID` and
-    /// runs until it gets a signal.
-    #[command(after_long_help = NODE_HELP)]
-    Node(NodeArgs),
-    /// Start a few nodes in this process and watch them replicate.
-    ///
-    /// The nodes listen on 127.0.0.1 (free ports) and are linked as a chain.
-    /// Each writes a key; the demo prints every node's view until they all
-    /// agree (20 s at most), then shows a write refused because another
-    /// node holds the key's lease. Exits 1 when the views do not converge.
-    Demo(DemoArgs),
-    /// Measure rs2p beside py2p and js2p (one process per node) and write
-    /// the table to docs/benchmarks.md and docs/benchmarks.json.
-    ///
-    /// The references are the ones installed by scripts/setup-peers.sh.
-    /// Build with --release: `cargo run --release -- bench`.
-    Bench(bench::BenchArgs),
-    /// One node driven by `rs2p bench` through JSON lines (see
-    /// docs/benchmarks.md).
-    #[command(hide = true)]
-    BenchNode(bench_node::BenchNodeArgs),
-    /// Write a fresh self-signed TLS certificate and key (PEM) for
-    /// `rs2p node --transport ssl --tls-cert FILE --tls-key FILE`, and print
-    /// its SHA-256 fingerprint (what other nodes pass to --tls-pin).
-    TlsKeygen(TlsKeygenArgs),
-}
+use clap::{Args, ValueEnum};
 
 /// Options of `rs2p tls-keygen`.
 #[derive(Debug, Args)]
@@ -83,31 +20,6 @@ pub struct TlsKeygenArgs {
     #[arg(long)]
     pub force: bool,
 }
-
-/// The long help's appendix of `rs2p node`: the JSON interface in short.
-const NODE_HELP: &str = "\
-JSON interface (--json):
-  First line out: {\"event\":\"listening\",\"addr\":\"HOST:PORT\",\"id\":\"<node id>\"}.
-  Then one request per line in, {\"op\":OP, ...fields}, with an optional \"id\" (any JSON)
-  echoed in the reply (as \"request_id\" for the op `id`, whose \"id\" is the node id).
-  Ops and fields:
-    set {key, value}            del {key}                 update {items: {...}}
-    apply_delta {key, delta}    get {key} / pop {key}     -> found, value
-    keys -> keys                len -> len                dump -> items [[key, value, {owner, timestamp}]]
-    connect {host, port}        peers -> peers [{id, addr, outgoing}]
-    id -> id, addr, subnet, protocol_id
-    broadcast {packets: [...]}  recv -> messages [{sender, time, packets}]
-    wait {key, value?, absent?, timeout_ms? = 10000} -> elapsed_ms
-    close (EOF on stdin does the same; the process exits 0)
-  Replies: {\"ok\":true, ...} or {\"ok\":false,\"error\":{\"kind\":K,\"message\":M}} with K one of
-    bad_request, timeout, lease_held, not_a_mapping, key_not_found, closed, io, config,
-    unknown_peer, value, store.
-  Events: update {key, value, owner, timestamp}, delete {key}, peer_joined {id, addr},
-    peer_left {id}, as {\"event\":NAME, ...}.
-  Values are JSON (integers stay integers); bytes are {\"$bin\":\"<hex>\"}. Keys are strings
-  or {\"$bin\":\"<hex>\"}. Map keys that are not strings print as their text.
-
-Shell (a terminal on stdin, no --json): type `help` at the `rs2p>` prompt.";
 
 /// The transport to speak. Its name is hashed into the protocol id, so
 /// nodes on different transports never share a mesh.
@@ -254,60 +166,9 @@ pub struct DemoArgs {
     pub nodes: u8,
 }
 
-fn init_logging(verbose: u8) {
-    let default = match verbose {
-        0 => "warn",
-        1 => "info",
-        2 => "debug",
-        _ => "trace",
-    };
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(s) if !s.trim().is_empty() => {
-            EnvFilter::try_new(&s).unwrap_or_else(|_| EnvFilter::new(default))
-        }
-        _ => EnvFilter::new(default),
-    };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
-}
-
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_logging(cli.verbose);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("rs2p: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let code = match cli.command {
-        Command::Node(args) => node::run(&rt, args),
-        Command::Demo(args) => rt.block_on(demo::run(args)),
-        Command::Bench(args) => bench::run(&rt, args),
-        Command::BenchNode(args) => bench_node::run(&rt, args),
-        Command::TlsKeygen(args) => node::tls_keygen(&args),
-    };
-    // Threads blocked on stdin or the terminal must not hold the exit.
-    rt.shutdown_background();
-    code
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
-
-    #[test]
-    fn cli_is_consistent() {
-        Cli::command().debug_assert();
-    }
 
     #[test]
     fn host_port() {

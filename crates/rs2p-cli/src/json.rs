@@ -91,15 +91,10 @@ impl ReqError {
 impl From<Error> for ReqError {
     fn from(e: Error) -> ReqError {
         ReqError {
-            kind: error_kind(&e),
+            kind: e.kind(),
             message: e.to_string(),
         }
     }
-}
-
-/// The snake_case name of an error variant.
-pub fn error_kind(e: &Error) -> &'static str {
-    e.kind()
 }
 
 type Fields = Map<String, Json>;

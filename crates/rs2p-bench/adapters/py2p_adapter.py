@@ -3,7 +3,7 @@
 of `rs2p bench-node` (see docs/benchmarks.md), so that `rs2p bench` drives
 py2p exactly as it drives rs2p and js2p.
 
-    .peers/py/bin/python bench/py2p_adapter.py --host 127.0.0.1 --port 0
+    .peers/py/bin/python crates/rs2p-bench/adapters/py2p_adapter.py --host 127.0.0.1 --port 0
 
 stdout: events, one JSON object per line, each with "ev" and "t"
 (microseconds since the Unix epoch, read on py2p's network thread when the

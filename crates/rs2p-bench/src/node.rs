@@ -1,6 +1,7 @@
 //! `rs2p bench-node`: one sync node driven by the benchmark harness
 //! (`rs2p bench`) through JSON lines. The same line protocol is spoken by
-//! `bench/py2p_adapter.py` and `bench/js2p_adapter.js`, so the harness
+//! `adapters/py2p_adapter.py` and `adapters/js2p_adapter.js` (in this
+//! crate), so the harness
 //! drives all three implementations identically; docs/benchmarks.md
 //! describes it.
 //!

@@ -1,14 +1,13 @@
-//! `rs2p node`: start a sync node, then hand it to the JSON interface, the
-//! interactive shell, or run it headless until a signal.
+//! `rs2p node`: start a sync node (the JSON interface and the shell take it
+//! from there), run it headless, handle shutdown signals; `rs2p
+//! tls-keygen`.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::process::ExitCode;
 
+use crate::args::{HostPort, NodeArgs, TlsKeygenArgs};
 use rs2p::config::{TlsConfig, TlsIdentity, TlsVerify};
 use rs2p::{SyncConfig, SyncSocket};
-use tokio::runtime::Runtime;
-
-use crate::{HostPort, NodeArgs, TlsKeygenArgs};
 
 /// A running node and what was configured for it.
 pub struct Node {
@@ -49,7 +48,7 @@ impl Node {
 }
 
 /// Binds the node described by `args` (`--connect` is for [`Node::dial`]).
-async fn start(args: &NodeArgs) -> Result<Node, String> {
+pub async fn start(args: &NodeArgs) -> Result<Node, String> {
     let mut cfg = SyncConfig::new(args.listen)
         .with_subnet(args.subnet.clone())
         .with_leasing(!args.no_leasing);
@@ -152,26 +151,8 @@ fn write_keys(args: &TlsKeygenArgs) -> Result<String, String> {
     Ok(fp.to_string())
 }
 
-/// Runs `rs2p node`; the exit code says whether it started.
-pub fn run(rt: &Runtime, args: NodeArgs) -> ExitCode {
-    let node = match rt.block_on(start(&args)) {
-        Ok(node) => node,
-        Err(e) => {
-            eprintln!("rs2p: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    if args.json {
-        rt.block_on(crate::json::run(node))
-    } else if std::io::stdin().is_terminal() {
-        crate::shell::run(rt, node)
-    } else {
-        rt.block_on(headless(node))
-    }
-}
-
 /// No terminal, no JSON: say where we listen, then wait for a signal.
-async fn headless(node: Node) -> ExitCode {
+pub async fn headless(node: Node) -> ExitCode {
     let mut signals = Signals::install();
     if let Err(e) = node.dial().await {
         eprintln!("rs2p: {e}");
