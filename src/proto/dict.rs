@@ -62,6 +62,9 @@ pub(crate) struct Slot {
     pub timestamp: i64,
     /// When the owner's lease began (for partition healing).
     pub since: i64,
+    /// The version's hash for reconciliation ([`item_hash`]), set when the
+    /// entry is stored.
+    pub hash: u64,
 }
 
 /// Limits for decoding what this table encoded itself: no depth or element
@@ -138,11 +141,16 @@ impl Table {
     }
 
     /// Sets a key; a key already present keeps its place in the order.
-    pub fn insert(&mut self, key: &[u8], value: &Value, slot: Slot) {
-        self.map.insert(Entry {
-            record: Record::new(key, value),
-            slot,
-        });
+    pub fn insert(&mut self, key: &[u8], value: &Value, mut slot: Slot) {
+        let record = Record::new(key, value);
+        slot.hash = item_hash(
+            key,
+            record.value_bytes(),
+            &slot.owner,
+            slot.timestamp,
+            slot.since,
+        );
+        self.map.insert(Entry { record, slot });
     }
 
     /// Removes a key, keeping the order of the others; true if it was there.
@@ -169,6 +177,83 @@ pub(crate) struct Tomb {
     pub key: Box<[u8]>,
     pub meta: Meta,
     pub since: i64,
+}
+
+impl Tomb {
+    /// The tombstone's hash for reconciliation (its value is nil).
+    pub fn hash(&self) -> u64 {
+        item_hash(
+            &self.key,
+            NIL,
+            &self.meta.owner,
+            self.meta.timestamp,
+            self.since,
+        )
+    }
+}
+
+/// The msgpack encoding of nil: a tombstone's value.
+pub(crate) const NIL: &[u8] = &[0xc0];
+
+/// A 64-bit hash of one version of a key — key, value encoding, owner,
+/// time, lease start — the same on every rs2p node (reconciliation compares
+/// them). Each part is length-prefixed, so no two versions share an input.
+pub(crate) fn item_hash(key: &[u8], value: &[u8], owner: &[u8], timestamp: i64, since: i64) -> u64 {
+    let mut h = Hasher64::default();
+    h.part(key);
+    h.part(value);
+    h.part(owner);
+    h.part(&timestamp.to_le_bytes());
+    h.part(&since.to_le_bytes());
+    h.finish()
+}
+
+/// Where a key sits in the space reconciliation splits into ranges.
+pub(crate) fn key_hash(key: &[u8]) -> u64 {
+    let mut h = Hasher64::default();
+    h.part(key);
+    h.finish()
+}
+
+/// A small, fully specified 64-bit hash (8-byte words mixed by
+/// multiplication, murmur3's finaliser at the end): nodes of every version
+/// and platform must agree on it, which `std`'s hashers do not promise.
+#[derive(Default)]
+struct Hasher64 {
+    h: u64,
+}
+
+impl Hasher64 {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+
+    fn word(&mut self, w: u64) {
+        self.h = (self.h ^ w).wrapping_mul(Self::K).rotate_left(31);
+    }
+
+    fn part(&mut self, bytes: &[u8]) {
+        self.word(bytes.len() as u64);
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.word(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.word(u64::from_le_bytes(w));
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        let mut x = self.h;
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        x ^ (x >> 33)
+    }
 }
 
 impl Keyed for Tomb {
@@ -237,6 +322,7 @@ impl Dict {
             owner: self.owner(&meta.owner),
             timestamp: meta.timestamp,
             since,
+            hash: 0,
         }
     }
 
@@ -436,6 +522,7 @@ mod tests {
             owner: Arc::from(&b"owner"[..]),
             timestamp: ts,
             since: ts,
+            hash: 0,
         }
     }
 

@@ -37,6 +37,7 @@ pub mod dict;
 pub mod mesh;
 pub mod node;
 mod ordered;
+pub mod reconcile;
 pub mod replica;
 pub mod seen;
 pub mod sync;

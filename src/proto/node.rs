@@ -9,7 +9,7 @@ use rand::SeedableRng;
 
 use super::mesh::{Mesh, NodeStats, PeerInfo, Settings, Upcall};
 use super::replica::{Replica, Room};
-use super::{ConnId, Now, Output, Received};
+use super::{ConnId, Event, Now, Output, Received};
 use crate::error::{Error, Result};
 use crate::value::Value;
 use crate::wire::flags::sub;
@@ -26,6 +26,8 @@ use crate::wire::MessageId;
 pub struct Node {
     mesh: Mesh,
     replica: Option<Replica>,
+    /// The time of the latest input (outputs taken later act at it).
+    now: Option<Now>,
 }
 
 impl Node {
@@ -35,6 +37,7 @@ impl Node {
         Node {
             mesh: Mesh::new(settings, StdRng::seed_from_u64(seed)),
             replica,
+            now: None,
         }
     }
 
@@ -55,18 +58,34 @@ impl Node {
 
     /// The next thing to do.
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.mesh.poll_output()
+        let out = self.mesh.poll_output()?;
+        if let (Output::Event(Event::PeerLeft { .. }), Some(r), Some(now)) =
+            (&out, self.replica.as_mut(), self.now)
+        {
+            // Its neighbours may each hold a different part of its last
+            // writes: reconcile with the rest now.
+            r.peer_lost(&mut self.mesh, now);
+        }
+        Some(out)
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) is next due
     /// (monotonic, as [`Now::elapsed`]).
     pub fn poll_timeout(&self) -> Option<Duration> {
-        self.mesh.poll_timeout()
+        let replica = self.replica.as_ref().and_then(Replica::poll_timeout);
+        match (self.mesh.poll_timeout(), replica) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Runs the timers that are due.
     pub fn handle_timeout(&mut self, now: Now) {
+        self.now = Some(now);
         self.mesh.handle_timeout(now);
+        if let Some(r) = self.replica.as_mut() {
+            r.handle_timeout(&mut self.mesh, now);
+        }
     }
 
     /// Dials a node (an [`Output::Dial`] follows). Fails with
@@ -92,6 +111,7 @@ impl Node {
 
     /// The connection ended.
     pub fn handle_closed(&mut self, conn: ConnId, reason: &str, now: Now) {
+        self.now = Some(now);
         self.mesh.handle_closed(conn, reason, now);
     }
 
@@ -103,6 +123,7 @@ impl Node {
 
     /// The shell could not queue bytes for `conn` (its queue is full).
     pub fn handle_slow(&mut self, conn: ConnId, now: Now) {
+        self.now = Some(now);
         self.mesh.handle_slow(conn, now);
     }
 
@@ -110,6 +131,7 @@ impl Node {
     /// `room` tells how full the peers' send queues are, for state
     /// transfers.
     pub fn handle_frame(&mut self, conn: ConnId, body: Bytes, room: &dyn Room, now: Now) {
+        self.now = Some(now);
         match self.mesh.handle_frame(conn, body, now) {
             Upcall::Done => {}
             Upcall::Joined(conn) => {
@@ -121,6 +143,7 @@ impl Node {
             Upcall::Message(inc) => {
                 if let Some(r) = self.replica.as_mut() {
                     if r.on_message(&mut self.mesh, &inc, now) {
+                        r.pump_now(&mut self.mesh, room, now);
                         return;
                     }
                 }
@@ -164,11 +187,13 @@ impl Node {
 
     /// Drops a peer; it is not re-dialled.
     pub fn disconnect(&mut self, peer: &[u8], now: Now) -> bool {
+        self.now = Some(now);
         self.mesh.disconnect(peer, now)
     }
 
     /// Blocks or unblocks a peer.
     pub fn block(&mut self, peer: &[u8], blocked: bool, now: Now) {
+        self.now = Some(now);
         self.mesh.block(peer, blocked, now);
     }
 

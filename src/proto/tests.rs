@@ -35,6 +35,10 @@ struct Net {
     received: Vec<(usize, Vec<Value>)>,
     /// What nodes sent to scripted peers ([`Fake`]): (conn, bytes).
     sunk: Vec<(ConnId, Bytes)>,
+    /// Links (from, to) whose bytes are lost, as on a stalled link.
+    lossy: std::collections::HashSet<(usize, usize)>,
+    /// State-transfer and reconciliation stores delivered, per node.
+    stores_in: Vec<usize>,
 }
 
 impl Net {
@@ -68,6 +72,8 @@ impl Net {
             events: Vec::new(),
             received: Vec::new(),
             sunk: Vec::new(),
+            lossy: Default::default(),
+            stores_in: vec![0; ids.len()],
         }
     }
 
@@ -95,8 +101,14 @@ impl Net {
                     return self.sunk.push((conn, bytes));
                 }
                 if let Some(&(j, theirs)) = self.wires.get(&(i, conn)) {
+                    if self.lossy.contains(&(i, j)) {
+                        return;
+                    }
                     let mut buf = bytes::BytesMut::from(&bytes[..]);
                     while let Ok(Some(body)) = next_frame(&mut buf, &Limits::default()) {
+                        if is_transfer_store(&body) {
+                            self.stores_in[j] += 1;
+                        }
                         self.nodes[j].handle_frame(theirs, body, &Unbounded, now);
                     }
                 }
@@ -189,6 +201,13 @@ impl Net {
         self.nodes[to].handle_frame(conn, Bytes::copy_from_slice(&frame[4..]), &Unbounded, now);
         self.settle();
     }
+}
+
+/// A whispered store (state transfer or reconciliation), uncompressed.
+fn is_transfer_store(body: &[u8]) -> bool {
+    Packed::from_body(Bytes::copy_from_slice(body), &[], &Limits::default())
+        .and_then(|p| p.parse(&Limits::default()))
+        .is_ok_and(|m| m.msg_type == main::WHISPER && m.sub_flag() == Some(sub::STORE))
 }
 
 #[test]
@@ -653,4 +672,121 @@ fn writes_straddling_a_second_settle_while_connected() {
     let v0 = net.dicts[0].lock().unwrap().version(b"k");
     let v1 = net.dicts[1].lock().unwrap().version(b"k");
     assert_eq!(v0, v1);
+}
+
+fn fill(net: &mut Net, node: usize, keys: impl IntoIterator<Item = String>) {
+    let now = net.now;
+    for k in keys {
+        net.nodes[node]
+            .set(k.into_bytes(), Value::from(node as u64), now)
+            .unwrap();
+    }
+    net.settle();
+}
+
+fn same(net: &Net, a: usize, b: usize) -> bool {
+    let list = |i: usize| {
+        let d = net.dicts[i].lock().unwrap();
+        let mut v: Vec<_> = d
+            .versions()
+            .map(|(k, val, ver)| (k.to_vec(), val, ver))
+            .collect();
+        v.sort_by(|x, y| x.0.cmp(&y.0));
+        v
+    };
+    list(a) == list(b)
+}
+
+#[test]
+fn rs2p_peers_reconcile_on_join_and_send_only_what_differs() {
+    let mut net = Net::new(&["A", "B"]);
+    fill(&mut net, 0, (0..2000).map(|i| format!("k{i}")));
+    // B holds the same versions (a copy of A's dictionary) but for 10 keys
+    // it lacks and 5 of its own.
+    {
+        let a = net.dicts[0].lock().unwrap();
+        let mut b = net.dicts[1].lock().unwrap();
+        for (k, v, ver) in a.versions() {
+            if !k.ends_with(b"7") || k.len() < 5 || k[2] != b'1' {
+                b.load(k, Some(&v), ver.meta.clone(), ver.since);
+            }
+        }
+    }
+    fill(&mut net, 1, (0..5).map(|i| format!("b{i}")));
+    let missing = 2000 + 5 - net.dicts[1].lock().unwrap().len();
+    assert!(missing > 0 && missing < 40, "{missing}");
+    net.connect(1, 0);
+    assert!(same(&net, 0, 1), "identical after the session");
+    let moved = net.stores_in[0] + net.stores_in[1];
+    assert!(
+        moved <= 3 * (missing + 5),
+        "{moved} stores crossed for {} differences",
+        missing + 5
+    );
+}
+
+#[test]
+fn a_write_lost_on_a_live_link_arrives_by_the_next_periodic_round() {
+    use super::replica::{RECONCILE_EVERY, RECONCILE_JITTER};
+    let mut net = Net::new(&["A", "B"]);
+    net.connect(1, 0);
+    // A's write to B is lost (the link drops bytes, the connection stays).
+    net.lossy.insert((0, 1));
+    let now = net.now;
+    net.nodes[0]
+        .set(b"lost".to_vec(), Value::from(1), now)
+        .unwrap();
+    net.settle();
+    net.lossy.clear();
+    assert!(net.get(1, "lost").is_none());
+    net.advance(RECONCILE_EVERY + RECONCILE_JITTER);
+    assert_eq!(net.get(1, "lost"), Some(Value::from(1)));
+    assert_eq!(net.nodes[1].peers().len(), 1, "without a reconnect");
+}
+
+#[test]
+fn a_crashed_writer_s_last_writes_are_shared_by_its_neighbours_at_once() {
+    // Triangle: A's write reaches B but not C, and B does not relay it to C
+    // (A "sent it to C itself"). Then A dies.
+    let mut net = Net::new(&["A", "B", "C"]);
+    net.connect(0, 1);
+    net.connect(0, 2);
+    net.connect(1, 2);
+    net.lossy.insert((0, 2));
+    let now = net.now;
+    net.nodes[0]
+        .set(b"stranded".to_vec(), Value::from(1), now)
+        .unwrap();
+    net.settle();
+    assert_eq!(net.get(1, "stranded"), Some(Value::from(1)));
+    assert!(net.get(2, "stranded").is_none(), "relay pruning left C out");
+    // A crashes: B and C see their links to it end.
+    net.lossy.clear();
+    for (j, c) in [(1, net.conn_to(1, 0)), (2, net.conn_to(2, 0))] {
+        let now = net.now;
+        net.nodes[j].handle_closed(c, "reset", now);
+    }
+    net.settle();
+    assert_eq!(
+        net.get(2, "stranded"),
+        Some(Value::from(1)),
+        "without waiting for a round"
+    );
+}
+
+#[test]
+fn a_silent_link_is_probed_then_dropped() {
+    use super::mesh::{PROBE_AFTER, STALLED_AFTER};
+    let mut net = Net::new(&["A", "B"]);
+    net.connect(1, 0);
+    // Answers to probes keep a quiet link up.
+    net.advance(STALLED_AFTER * 3);
+    assert_eq!(net.nodes[0].peers().len(), 1);
+    // B stops reading and answering (a stall): A probes, then drops it.
+    net.lossy.insert((1, 0));
+    net.advance(PROBE_AFTER);
+    assert_eq!(net.nodes[0].peers().len(), 1, "probed, not dropped yet");
+    net.advance(STALLED_AFTER);
+    assert_eq!(net.nodes[0].peers().len(), 0);
+    assert_eq!(net.nodes[0].stats().stalled_links, 1);
 }

@@ -68,6 +68,15 @@ pub mod sub {
     /// changes, so that they need not relay to those neighbours what it
     /// relays to them.
     pub const RS2P_NEIGHBOURS: u8 = 0x2f;
+    /// Not in protocol 0.7: a set-reconciliation message between rs2p
+    /// nodes (`[0x2e, session, ranges]`, see `proto::reconcile`).
+    pub const RS2P_SYNC: u8 = 0x2e;
+    /// Not in protocol 0.7: the key hashes whose versions an rs2p node asks
+    /// for after comparing item lists (`[0x2d, [key hash, ...]]`).
+    pub const RS2P_WANT: u8 = 0x2d;
+    /// Not in protocol 0.7: a keepalive probe between rs2p nodes
+    /// (`[0x2c, 0]`), answered with `[0x2c, 1]`.
+    pub const RS2P_PROBE: u8 = 0x2c;
 }
 
 /// Compression flags, as advertised in handshakes (see
@@ -111,6 +120,11 @@ pub mod compression {
     /// its handshake so that rs2p nodes recognise each other. py2p and js2p
     /// intersect the list with the methods they know, so they ignore it.
     pub const RS2P_MARKER: u8 = 0x2f;
+    /// Not a compression either: an rs2p node that speaks set
+    /// reconciliation ([`RS2P_SYNC`](super::sub::RS2P_SYNC)) lists this
+    /// after [`RS2P_MARKER`]; an rs2p peer without it gets full state
+    /// transfers.
+    pub const RS2P_RECONCILES: u8 = 0x2e;
 }
 
 /// The protocol's name of a sub-flag, for logs.

@@ -34,6 +34,14 @@ impl Handshake {
         self.methods.contains(&i64::from(compression::RS2P_MARKER))
     }
 
+    /// True when the peer is an rs2p node that speaks set reconciliation.
+    pub fn reconciles(&self) -> bool {
+        self.is_rs2p()
+            && self
+                .methods
+                .contains(&i64::from(compression::RS2P_RECONCILES))
+    }
+
     /// The advertised address, when both halves are there.
     pub fn full_addr(&self) -> Option<(String, u16)> {
         match &self.addr {
@@ -121,6 +129,16 @@ pub enum Packet {
     /// A handshake without an id or a protocol id: the connection is
     /// dropped.
     BadHandshake,
+    /// rs2p only: a set-reconciliation message ([`sub::RS2P_SYNC`]; the
+    /// protocol core reads its ranges from the payload).
+    Sync,
+    /// rs2p only: a want list ([`sub::RS2P_WANT`]).
+    Want,
+    /// rs2p only: a keepalive probe, or (`reply`) its answer.
+    Probe {
+        /// True for the answer.
+        reply: bool,
+    },
     /// A packet the core knows whose fields are malformed: consumed, no
     /// effect.
     Ignored(&'static str),
@@ -212,6 +230,11 @@ impl Packet {
                 ),
                 None => Packet::Ignored("neighbour list is not an array"),
             },
+            Some(sub::RS2P_SYNC) => Packet::Sync,
+            Some(sub::RS2P_WANT) => Packet::Want,
+            Some(sub::RS2P_PROBE) => Packet::Probe {
+                reply: p.get(1).and_then(Value::as_u64) == Some(1),
+            },
             Some(sub::REQUEST) if p.len() == 2 && p[1].as_bytes() == Some(b"*") => {
                 Packet::RequestPeers
             }
@@ -264,7 +287,10 @@ impl Packet {
     /// True for the packets the sync dictionary handles (a plain mesh node
     /// hands them to its message handlers instead).
     pub fn is_sync(&self) -> bool {
-        matches!(self, Packet::Store(_) | Packet::Delta { .. })
+        matches!(
+            self,
+            Packet::Store(_) | Packet::Delta { .. } | Packet::Sync | Packet::Want
+        )
     }
 }
 

@@ -190,9 +190,12 @@ impl Mesh {
 
     /// A frame body arrived on `conn`.
     pub(crate) fn handle_frame(&mut self, conn: ConnId, body: Bytes, now: Now) -> Upcall {
-        let Some(c) = self.links.get(&conn) else {
+        let Some(c) = self.links.get_mut(&conn) else {
             return Upcall::Done;
         };
+        c.last_recv = now.elapsed;
+        c.probed = false;
+        let c = &*c;
         // Most broadcasts arrive several times (every neighbour relays
         // them). An uncompressed one whose id we already hold is dropped
         // before hashing and parsing it; a forged id only loses the
@@ -271,6 +274,13 @@ impl Mesh {
             }
             Packet::Neighbours(list) => {
                 self.neighbours_of(conn, list);
+                Upcall::Done
+            }
+            Packet::Probe { reply } => {
+                if !reply && self.peer_kind(conn) == PeerKind::Rs {
+                    let pong = [Value::from(sub::RS2P_PROBE), Value::from(1)];
+                    self.whisper_to(conn, &pong, now);
+                }
                 Upcall::Done
             }
             Packet::RequestPeers => {

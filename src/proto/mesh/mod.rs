@@ -25,6 +25,7 @@ mod peers;
 mod timers;
 mod types;
 
+pub use timers::{PROBE_AFTER, STALLED_AFTER};
 pub use types::{NodeStats, PeerInfo, PeerKind, Settings};
 
 /// Longest wait between two re-dials of a lost peer.
@@ -69,6 +70,11 @@ struct Link {
     unsent: usize,
     /// For re-dials: the id the node at this address must have.
     expected_id: Option<Vec<u8>>,
+    /// An rs2p peer that speaks set reconciliation.
+    reconciles: bool,
+    /// When a frame last arrived, and whether the silence since was probed.
+    last_recv: Duration,
+    probed: bool,
     /// An rs2p peer's own neighbours, as it last told us
     /// ([`sub::RS2P_NEIGHBOURS`]): it relays every broadcast to them itself.
     neighbours: HashSet<Vec<u8>>,
@@ -92,6 +98,9 @@ impl Link {
             stream_pos: 0,
             unsent: 0,
             expected_id: None,
+            reconciles: false,
+            last_recv: now.elapsed,
+            probed: false,
             neighbours: HashSet::new(),
         }
     }
@@ -282,6 +291,17 @@ impl Mesh {
         self.links.get(&conn).map_or(PeerKind::Unknown, |c| c.kind)
     }
 
+    /// True when the peer on `conn` is an rs2p node that speaks set
+    /// reconciliation.
+    pub fn reconciles(&self, conn: ConnId) -> bool {
+        self.links.get(&conn).is_some_and(|c| c.reconciles)
+    }
+
+    /// True when we dialled `conn`.
+    pub fn is_outgoing(&self, conn: ConnId) -> bool {
+        self.links.get(&conn).is_some_and(|c| c.outgoing)
+    }
+
     /// True while the connection is known (pending or open).
     pub fn has_conn(&self, conn: ConnId) -> bool {
         self.links.contains_key(&conn)
@@ -373,14 +393,16 @@ impl Mesh {
         };
         link.open = true;
         link.opened = now.elapsed;
+        link.last_recv = now.elapsed;
         let methods: Vec<Value> = self
             .cfg
             .compression
             .iter()
             .map(|m| Value::from(m.flag()))
-            .chain(std::iter::once(Value::from(
-                flags::compression::RS2P_MARKER,
-            )))
+            .chain([
+                Value::from(flags::compression::RS2P_MARKER),
+                Value::from(flags::compression::RS2P_RECONCILES),
+            ])
             .collect();
         let payload = [
             Value::from(sub::HANDSHAKE),

@@ -76,6 +76,7 @@ impl Mesh {
         c.peer_id = Some(h.id.clone());
         c.peer_addr = h.addr.clone();
         c.kind = kind;
+        c.reconciles = kind == PeerKind::Rs && h.reconciles();
         c.set_peer_methods(h.methods, &compression);
         if !first {
             return false;

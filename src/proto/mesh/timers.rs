@@ -12,6 +12,16 @@ use crate::value::Value;
 use crate::wire::flags::{main, sub};
 use crate::wire::Packed;
 
+/// A link silent this long is probed.
+pub const PROBE_AFTER: Duration = Duration::from_secs(10);
+/// A link silent this long (after a probe) is dropped as stalled.
+pub const STALLED_AFTER: Duration = Duration::from_secs(30);
+
+/// The peers whose silence is probed (see `Mesh::keepalive`).
+fn probed_kind(kind: PeerKind) -> bool {
+    matches!(kind, PeerKind::Rs | PeerKind::Py)
+}
+
 impl Mesh {
     /// Removes a connection; a peer leaves the routing table, and we ask
     /// the others for peers and plan a re-dial.
@@ -81,14 +91,59 @@ impl Mesh {
             .filter(|c| c.open && !c.handshaken)
             .map(|c| c.opened + self.cfg.handshake_timeout);
         let redials = self.redials.iter().map(|r| r.due.min(r.since + REDIAL_FOR));
+        let silences = self
+            .links
+            .values()
+            .filter(|c| c.handshaken && probed_kind(c.kind))
+            .map(|c| c.last_recv + if c.probed { STALLED_AFTER } else { PROBE_AFTER });
         handshakes
             .chain(redials)
+            .chain(silences)
             .chain(std::iter::once(self.next_refresh))
             .min()
     }
 
-    /// Runs what is due: peers refreshes, handshake timeouts, re-dials.
+    /// Keepalive: a link silent for [`PROBE_AFTER`] is probed — an rs2p
+    /// peer answers [`sub::RS2P_PROBE`], a py2p peer the peers request `'*'`
+    /// — and one still silent [`STALLED_AFTER`] after its last frame is
+    /// dropped as stalled (then re-dialled, and reconciled once back).
+    /// js2p peers are not probed: js2p answers `'*'` with its whole
+    /// dictionary (J10), and ignores what it does not know.
+    fn keepalive(&mut self, now: Now) {
+        let t = now.elapsed;
+        let mut stalled = Vec::new();
+        let mut probes = Vec::new();
+        for (conn, c) in self.links.iter_mut() {
+            if !c.handshaken || !probed_kind(c.kind) {
+                continue;
+            }
+            let silent = t.saturating_sub(c.last_recv);
+            if silent >= STALLED_AFTER {
+                stalled.push(*conn);
+            } else if silent >= PROBE_AFTER && !c.probed {
+                c.probed = true;
+                probes.push((*conn, c.kind));
+            }
+        }
+        for (conn, kind) in probes {
+            let payload = match kind {
+                PeerKind::Rs => vec![Value::from(sub::RS2P_PROBE), Value::from(0)],
+                _ => vec![Value::from(sub::REQUEST), Value::Bin(b"*".to_vec())],
+            };
+            let packed = Packed::new(main::WHISPER, &self.cfg.id, now.unix, &payload);
+            self.send_packed(conn, &packed, now);
+        }
+        for conn in stalled {
+            self.stats.stalled_links += 1;
+            let reason = format!("link silent for {} s", STALLED_AFTER.as_secs());
+            self.drop_conn(conn, &reason, now);
+        }
+    }
+
+    /// Runs what is due: peers refreshes, handshake timeouts, keepalive,
+    /// re-dials.
     pub fn handle_timeout(&mut self, now: Now) {
+        self.keepalive(now);
         let t = now.elapsed;
         // A node short of outgoing links asks its peers for theirs now and
         // then: peers lists are otherwise only sent at handshakes, so the

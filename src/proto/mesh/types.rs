@@ -49,6 +49,8 @@ pub struct NodeStats {
     pub last_error: Option<String>,
     /// Peers dropped because their send queue was full.
     pub slow_peers_dropped: u64,
+    /// Links dropped after staying silent through a keepalive probe.
+    pub stalled_links: u64,
     /// Broadcasts received for the first time (not counting our own).
     pub broadcasts_received: u64,
     /// Broadcasts received again (every neighbour relays them), or our

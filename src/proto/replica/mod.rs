@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 
-use super::dict::{Changed, Dict};
+use super::dict::{Changed, Dict, NIL};
 use super::mesh::{Incoming, Mesh, PeerKind};
 use super::sync::{merge_delta, Meta, Refused, Version, WriteKind};
 use super::{ConnId, Now, Output};
@@ -16,6 +16,10 @@ use crate::value::Value;
 use crate::wire::flags::{main, sub};
 use crate::wire::packet::{Packet, Store};
 use crate::wire::{msgpack, Packed};
+
+mod sessions;
+
+pub use sessions::{RECONCILE_EVERY, RECONCILE_JITTER};
 
 /// Size of one chunk of a state transfer handed to a connection.
 const TRANSFER_CHUNK: usize = 256 * 1024;
@@ -27,8 +31,6 @@ pub const TRANSFER_WINDOW: usize = 8 << 20;
 /// as now plus this, so a peer with a clock years ahead cannot take a lease
 /// for years (py2p and js2p take it as dated).
 pub const MAX_FUTURE_SKEW: i64 = 300;
-/// The msgpack encoding of nil: a tombstone's value.
-const NIL: &[u8] = &[0xc0];
 
 /// A change to the dictionary, to persist and to tell the user.
 #[derive(Clone, Debug, PartialEq)]
@@ -114,6 +116,8 @@ pub struct Replica {
     dict: Arc<Mutex<Dict>>,
     leasing: bool,
     transfers: Vec<Transfer>,
+    /// Reconciliation sessions with rs2p peers (see [`sessions`]).
+    sessions: sessions::Sessions,
 }
 
 fn key_text(key: &[u8]) -> String {
@@ -135,6 +139,7 @@ impl Replica {
             dict,
             leasing,
             transfers: Vec::new(),
+            sessions: sessions::Sessions::default(),
         }
     }
 
@@ -259,6 +264,14 @@ impl Replica {
     /// metadata (rs2p peers also get lease starts and tombstones), fed as
     /// the peer reads it.
     pub(crate) fn on_peer(&mut self, mesh: &mut Mesh, conn: ConnId, room: &dyn Room, now: Now) {
+        if mesh.reconciles(conn) {
+            // Between rs2p nodes that reconcile, the dialling side opens a
+            // session instead: only what differs crosses.
+            if mesh.is_outgoing(conn) {
+                self.open_session(mesh, conn, now);
+            }
+            return;
+        }
         let rs2p = mesh.peer_kind(conn) == PeerKind::Rs;
         let keys: Vec<Box<[u8]>> = {
             let d = self.lock();
@@ -394,6 +407,14 @@ impl Replica {
                         self.answer_refusal(mesh, inc.conn, key, now);
                     }
                 }
+                true
+            }
+            Packet::Sync => {
+                self.on_sync(mesh, inc.conn, &inc.msg.payload, now);
+                true
+            }
+            Packet::Want => {
+                self.on_want(mesh, inc.conn, &inc.msg.payload);
                 true
             }
             // A store or delta with malformed fields: consumed, as the
