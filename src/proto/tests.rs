@@ -746,12 +746,14 @@ fn a_write_lost_on_a_live_link_arrives_by_the_next_periodic_round() {
 
 #[test]
 fn a_crashed_writer_s_last_writes_are_shared_by_its_neighbours_at_once() {
-    // Triangle: A's write reaches B but not C, and B does not relay it to C
-    // (A "sent it to C itself"). Then A dies.
+    // Triangle: once the broadcast tree has settled, B does not push A's
+    // writes to C (A sends them to C itself). A's next write reaches B but
+    // is lost towards C; then A dies before anything else happens.
     let mut net = Net::new(&["A", "B", "C"]);
     net.connect(0, 1);
     net.connect(0, 2);
     net.connect(1, 2);
+    fill(&mut net, 0, (0..3).map(|i| format!("settle{i}")));
     net.lossy.insert((0, 2));
     let now = net.now;
     net.nodes[0]
@@ -759,7 +761,7 @@ fn a_crashed_writer_s_last_writes_are_shared_by_its_neighbours_at_once() {
         .unwrap();
     net.settle();
     assert_eq!(net.get(1, "stranded"), Some(Value::from(1)));
-    assert!(net.get(2, "stranded").is_none(), "relay pruning left C out");
+    assert!(net.get(2, "stranded").is_none(), "the tree left C to A");
     // A crashes: B and C see their links to it end.
     net.lossy.clear();
     for (j, c) in [(1, net.conn_to(1, 0)), (2, net.conn_to(2, 0))] {
@@ -789,4 +791,44 @@ fn a_silent_link_is_probed_then_dropped() {
     net.advance(STALLED_AFTER);
     assert_eq!(net.nodes[0].peers().len(), 0);
     assert_eq!(net.nodes[0].stats().stalled_links, 1);
+}
+
+#[test]
+fn a_broadcast_lost_on_a_tree_link_is_grafted_from_an_announcer() {
+    use super::mesh::{ANNOUNCE_AFTER, GRAFT_AFTER};
+    let mut net = Net::new(&["A", "B", "C"]);
+    net.connect(1, 0);
+    net.connect(2, 1);
+    net.advance(Duration::from_secs(3));
+    let user = |i: i64| [Value::from(sub::BROADCAST), Value::from(i)];
+    for i in 0..3 {
+        let now = net.now;
+        net.nodes[0].send(main::BROADCAST, &user(i), now);
+        net.settle();
+    }
+    let st: Vec<_> = net.nodes.iter().map(Node::stats).collect();
+    assert!(st.iter().map(|s| s.tree_prunes).sum::<u64>() >= 1, "{st:?}");
+    let dups: u64 = st.iter().map(|s| s.duplicate_broadcasts).sum();
+    // A's pushes to C are lost from now on: C hears of the next broadcast
+    // from B's announcement and grafts it.
+    net.lossy.insert((0, 2));
+    let now = net.now;
+    net.nodes[0].send(main::BROADCAST, &user(9), now);
+    net.settle();
+    let at_c = |net: &Net| {
+        net.received
+            .iter()
+            .filter(|(n, p)| *n == 2 && p[1] == Value::from(9))
+            .count()
+    };
+    assert_eq!(at_c(&net), 0, "C got it before any graft");
+    net.advance(ANNOUNCE_AFTER + GRAFT_AFTER + Duration::from_millis(10));
+    assert_eq!(at_c(&net), 1);
+    assert!(net.nodes[2].stats().tree_grafts >= 1);
+    let after: u64 = net
+        .nodes
+        .iter()
+        .map(|n| n.stats().duplicate_broadcasts)
+        .sum();
+    assert_eq!(after, dups, "the graft brought no duplicate");
 }

@@ -77,6 +77,14 @@ pub mod sub {
     /// Not in protocol 0.7: a keepalive probe between rs2p nodes
     /// (`[0x2c, 0]`), answered with `[0x2c, 1]`.
     pub const RS2P_PROBE: u8 = 0x2c;
+    /// Not in protocol 0.7: ids of broadcasts an rs2p node received, sent
+    /// to the rs2p peers it does not push them to (`[0x2b, [id, ...]]`).
+    pub const RS2P_IHAVE: u8 = 0x2b;
+    /// Not in protocol 0.7: "push broadcasts to me again, and send me
+    /// these" (`[0x2a, [id, ...]]`).
+    pub const RS2P_GRAFT: u8 = 0x2a;
+    /// Not in protocol 0.7: "stop pushing broadcasts to me" (`[0x29]`).
+    pub const RS2P_PRUNE: u8 = 0x29;
 }
 
 /// Compression flags, as advertised in handshakes (see
@@ -125,6 +133,10 @@ pub mod compression {
     /// after [`RS2P_MARKER`]; an rs2p peer without it gets full state
     /// transfers.
     pub const RS2P_RECONCILES: u8 = 0x2e;
+    /// Not a compression: an rs2p node that takes part in the broadcast
+    /// tree ([`RS2P_IHAVE`](super::sub::RS2P_IHAVE), graft, prune) lists
+    /// this too.
+    pub const RS2P_TREE: u8 = 0x2d;
 }
 
 /// The protocol's name of a sub-flag, for logs.

@@ -34,6 +34,12 @@ impl Handshake {
         self.methods.contains(&i64::from(compression::RS2P_MARKER))
     }
 
+    /// True when the peer is an rs2p node that takes part in the broadcast
+    /// tree.
+    pub fn tree(&self) -> bool {
+        self.is_rs2p() && self.methods.contains(&i64::from(compression::RS2P_TREE))
+    }
+
     /// True when the peer is an rs2p node that speaks set reconciliation.
     pub fn reconciles(&self) -> bool {
         self.is_rs2p()
@@ -134,6 +140,13 @@ pub enum Packet {
     Sync,
     /// rs2p only: a want list ([`sub::RS2P_WANT`]).
     Want,
+    /// rs2p only: ids of broadcasts the peer holds ([`sub::RS2P_IHAVE`]).
+    IHave(Vec<crate::wire::MessageId>),
+    /// rs2p only: push to the peer again and send it these
+    /// ([`sub::RS2P_GRAFT`]).
+    Graft(Vec<crate::wire::MessageId>),
+    /// rs2p only: stop pushing to the peer ([`sub::RS2P_PRUNE`]).
+    Prune,
     /// rs2p only: a keepalive probe, or (`reply`) its answer.
     Probe {
         /// True for the answer.
@@ -164,6 +177,20 @@ fn peer_entry(v: &Value) -> Option<PeerEntry> {
         port: port(addr.get(1))?,
         id: bytes(e.get(1))?,
     })
+}
+
+/// Message ids announced or grafted in one packet, at most.
+pub const MAX_MESSAGE_IDS: usize = 1024;
+
+/// A list of 32-byte message ids (`None` when malformed or too long).
+fn message_ids(v: Option<&Value>) -> Option<Vec<crate::wire::MessageId>> {
+    let list = v?.as_array()?;
+    if list.len() > MAX_MESSAGE_IDS {
+        return None;
+    }
+    list.iter()
+        .map(|id| id.as_bytes().and_then(|b| <[u8; 32]>::try_from(b).ok()))
+        .collect()
 }
 
 impl Packet {
@@ -230,6 +257,15 @@ impl Packet {
                 ),
                 None => Packet::Ignored("neighbour list is not an array"),
             },
+            Some(sub::RS2P_IHAVE) => match message_ids(p.get(1)) {
+                Some(ids) => Packet::IHave(ids),
+                None => Packet::Ignored("malformed announcement"),
+            },
+            Some(sub::RS2P_GRAFT) => match message_ids(p.get(1)) {
+                Some(ids) => Packet::Graft(ids),
+                None => Packet::Ignored("malformed graft"),
+            },
+            Some(sub::RS2P_PRUNE) => Packet::Prune,
             Some(sub::RS2P_SYNC) => Packet::Sync,
             Some(sub::RS2P_WANT) => Packet::Want,
             Some(sub::RS2P_PROBE) => Packet::Probe {

@@ -112,14 +112,18 @@ impl Mesh {
     /// Sends a broadcast's original bytes to every peer but its creator and
     /// the connection it came from; each compression is applied once.
     ///
-    /// Two rules are applied here:
+    /// Three rules are applied here:
     /// - **js2p cannot delete** (PROTOCOL.md J2): a sync delete (a store of
     ///   nil) is not sent to js2p-like peers, which drop the link that
     ///   delivers one;
-    /// - **relay pruning** (rs2p only): what came from an rs2p peer reached
-    ///   its neighbours from it — the list it sent is older than the
-    ///   broadcast on the same stream, and it relays every broadcast to
+    /// - **the broadcast tree** (rs2p peers that take part, see [`tree`]):
+    ///   links out of the tree get the id announced, not the message;
+    /// - **relay pruning** (older rs2p peers): what came from an rs2p peer
+    ///   reached its neighbours from it — the list it sent is older than
+    ///   the broadcast on the same stream, and it relays every broadcast to
     ///   every neighbour but the sender.
+    ///
+    /// [`tree`]: super::tree
     pub(super) fn flood(
         &mut self,
         packed: &Packed,
@@ -129,23 +133,32 @@ impl Mesh {
         now: Now,
     ) {
         let skip_js = is_live_delete(payload);
-        let relayed_by = from_conn
-            .and_then(|c| self.links.get(&c))
-            .map(|c| &c.neighbours);
+        self.delivered(packed, now);
+        let from = from_conn.and_then(|c| self.links.get(&c));
+        let relayed_by = from.map(|c| &c.neighbours);
+        // A peer in the tree does not push to its lazy tree links, so only
+        // its other neighbours are known to have the message from it.
+        let from_tree = from.is_some_and(|c| c.tree);
         let mut pruned_count = 0;
         let targets: Vec<ConnId> = self
             .routing
             .iter()
             .filter(|(id, conn)| Some(**conn) != from_conn && creator != Some(id.as_slice()))
             .filter(|(_, conn)| !skip_js || self.peer_kind(**conn) != PeerKind::Js)
-            .filter(|(id, _)| {
-                let pruned = relayed_by.is_some_and(|n| n.contains(*id));
+            .filter(|(id, conn)| {
+                let in_tree = self.links.get(conn).is_some_and(|l| l.tree);
+                let pruned = relayed_by.is_some_and(|n| n.contains(*id)) && !(from_tree && in_tree);
                 pruned_count += u64::from(pruned);
                 !pruned
             })
             .map(|(_, conn)| *conn)
             .collect();
         self.stats.relays_pruned += pruned_count;
+        let (targets, lazy): (Vec<ConnId>, Vec<ConnId>) =
+            targets.into_iter().partition(|c| self.eager(*c));
+        for conn in lazy {
+            self.announce(conn, packed.id(), now);
+        }
         if from_conn.is_some() {
             self.stats.relays += targets.len() as u64;
         }
@@ -206,6 +219,7 @@ impl Mesh {
             id.copy_from_slice(&body[..32]);
             if self.seen.contains(&id) {
                 self.stats.duplicate_broadcasts += 1;
+                self.duplicate_from(conn, now);
                 return Upcall::Done;
             }
         }
@@ -247,12 +261,14 @@ impl Mesh {
             // remembered: nobody else creates messages under our id.
             if msg.sender == self.cfg.id {
                 self.stats.duplicate_broadcasts += 1;
+                self.duplicate_from(conn, now);
                 return Upcall::Done;
             }
             match self.seen.admit(packed.id(), msg.time, now.unix) {
                 Admit::New => {}
                 Admit::Duplicate => {
                     self.stats.duplicate_broadcasts += 1;
+                    self.duplicate_from(conn, now);
                     return Upcall::Done;
                 }
                 Admit::Expired => return Upcall::Done,
@@ -274,6 +290,18 @@ impl Mesh {
             }
             Packet::Neighbours(list) => {
                 self.neighbours_of(conn, list);
+                Upcall::Done
+            }
+            Packet::IHave(ids) => {
+                self.on_ihave(conn, ids, now);
+                Upcall::Done
+            }
+            Packet::Graft(ids) => {
+                self.on_graft(conn, ids, now);
+                Upcall::Done
+            }
+            Packet::Prune => {
+                self.on_prune(conn, now);
                 Upcall::Done
             }
             Packet::Probe { reply } => {

@@ -23,9 +23,11 @@ use crate::wire::{Compression, MessageId, Packed, WireMessage};
 mod flood;
 mod peers;
 mod timers;
+mod tree;
 mod types;
 
 pub use timers::{PROBE_AFTER, STALLED_AFTER};
+pub use tree::{ANNOUNCE_AFTER, GRAFT_AFTER};
 pub use types::{NodeStats, PeerInfo, PeerKind, Settings};
 
 /// Longest wait between two re-dials of a lost peer.
@@ -72,6 +74,14 @@ struct Link {
     expected_id: Option<Vec<u8>>,
     /// An rs2p peer that speaks set reconciliation.
     reconciles: bool,
+    /// An rs2p peer in the broadcast tree; `lazy` when the link is out of
+    /// the tree (broadcasts are announced on it, not pushed), with the ids
+    /// waiting to be announced.
+    tree: bool,
+    lazy: bool,
+    announce: Vec<MessageId>,
+    /// The neighbour list last sent on this link.
+    told_neighbours: Option<Vec<Vec<u8>>>,
     /// When a frame last arrived, and whether the silence since was probed.
     last_recv: Duration,
     probed: bool,
@@ -99,6 +109,10 @@ impl Link {
             unsent: 0,
             expected_id: None,
             reconciles: false,
+            tree: false,
+            lazy: false,
+            announce: Vec::new(),
+            told_neighbours: None,
             last_recv: now.elapsed,
             probed: false,
             neighbours: HashSet::new(),
@@ -192,6 +206,8 @@ pub struct Mesh {
     refresh_every: Duration,
     rng: StdRng,
     out: VecDeque<Output>,
+    /// The broadcast tree between rs2p peers.
+    tree: tree::Tree,
 }
 
 fn bytes_text(b: &[u8]) -> String {
@@ -222,6 +238,7 @@ impl Mesh {
             refresh_every: FIRST_REFRESH,
             rng,
             out: VecDeque::new(),
+            tree: tree::Tree::default(),
         }
     }
 
@@ -402,6 +419,7 @@ impl Mesh {
             .chain([
                 Value::from(flags::compression::RS2P_MARKER),
                 Value::from(flags::compression::RS2P_RECONCILES),
+                Value::from(flags::compression::RS2P_TREE),
             ])
             .collect();
         let payload = [

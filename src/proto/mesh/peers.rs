@@ -77,6 +77,7 @@ impl Mesh {
         c.peer_addr = h.addr.clone();
         c.kind = kind;
         c.reconciles = kind == PeerKind::Rs && h.reconciles();
+        c.tree = kind == PeerKind::Rs && h.tree();
         c.set_peer_methods(h.methods, &compression);
         if !first {
             return false;
@@ -114,20 +115,32 @@ impl Mesh {
     /// [`sub::RS2P_NEIGHBOURS`]). Called whenever the routing table
     /// changes, before anything else is sent, so that a peer never prunes a
     /// relay on a list that is newer than the broadcast it came with.
+    ///
+    /// A peer in the broadcast tree only prunes on the list for its own
+    /// peers outside the tree (py2p, js2p, older rs2p: we push every
+    /// broadcast to those), so it gets only those, and only when that list
+    /// changed: in a mesh of rs2p nodes nothing is sent.
     pub(super) fn announce_neighbours(&mut self, now: Now) {
-        let rs = self.routed(Some(PeerKind::Rs));
-        if rs.is_empty() {
-            return;
-        }
-        let ids = self
+        let all: Vec<Vec<u8>> = self.routing.keys().cloned().collect();
+        let outside: Vec<Vec<u8>> = self
             .routing
-            .keys()
-            .map(|id| Value::Bin(id.clone()))
+            .iter()
+            .filter(|(_, c)| !self.links.get(c).is_some_and(|l| l.tree))
+            .map(|(id, _)| id.clone())
             .collect();
-        let payload = [Value::from(sub::RS2P_NEIGHBOURS), Value::Array(ids)];
-        let packed = Packed::new(main::WHISPER, &self.cfg.id, now.unix, &payload);
-        for c in rs {
-            self.send_packed(c, &packed, now);
+        for conn in self.routed(Some(PeerKind::Rs)) {
+            let Some(link) = self.links.get_mut(&conn) else {
+                continue;
+            };
+            let list = if link.tree { &outside } else { &all };
+            if link.tree && link.told_neighbours.as_ref() == Some(list) {
+                continue;
+            }
+            link.told_neighbours = Some(list.clone());
+            let ids = list.iter().map(|id| Value::Bin(id.clone())).collect();
+            let payload = [Value::from(sub::RS2P_NEIGHBOURS), Value::Array(ids)];
+            let packed = Packed::new(main::WHISPER, &self.cfg.id, now.unix, &payload);
+            self.send_packed(conn, &packed, now);
         }
     }
 

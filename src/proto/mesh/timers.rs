@@ -99,6 +99,7 @@ impl Mesh {
         handshakes
             .chain(redials)
             .chain(silences)
+            .chain(self.tree_timeout())
             .chain(std::iter::once(self.next_refresh))
             .min()
     }
@@ -143,6 +144,7 @@ impl Mesh {
     /// Runs what is due: peers refreshes, handshake timeouts, keepalive,
     /// re-dials.
     pub fn handle_timeout(&mut self, now: Now) {
+        self.tree_timers(now);
         self.keepalive(now);
         let t = now.elapsed;
         // A node short of outgoing links asks its peers for theirs now and

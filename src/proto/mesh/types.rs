@@ -51,6 +51,10 @@ pub struct NodeStats {
     pub slow_peers_dropped: u64,
     /// Links dropped after staying silent through a keepalive probe.
     pub stalled_links: u64,
+    /// Links taken out of the broadcast tree after a duplicate.
+    pub tree_prunes: u64,
+    /// Grafts sent for announced broadcasts that did not arrive in time.
+    pub tree_grafts: u64,
     /// Broadcasts received for the first time (not counting our own).
     pub broadcasts_received: u64,
     /// Broadcasts received again (every neighbour relays them), or our

@@ -491,8 +491,11 @@ impl Replica {
             version.meta.timestamp,
             Some(version.since),
         )];
+        // Along the broadcast tree (every rs2p peer outside it is
+        // reconciled with in time): a healed partition converges even
+        // without direct links, without a copy per link.
         for conn in mesh.routed(Some(PeerKind::Rs)) {
-            if conn != from {
+            if conn != from && mesh.eager(conn) {
                 send_transfer(mesh, conn, &item, now);
             }
         }

@@ -1,0 +1,266 @@
+//! The broadcast tree between rs2p peers (PlumTree's idea, on the links the
+//! mesh already has): broadcasts are pushed eagerly on tree links only, and
+//! their ids announced lazily (batched) on the other rs2p links. A node that
+//! receives a copy twice prunes the link the duplicate came on out of the
+//! tree (both ends stop pushing on it); one that hears of an id it has not
+//! received within [`GRAFT_AFTER`] grafts the announcing link back into the
+//! tree and gets the message over it. The tree so settles on the links that
+//! deliver first, and repairs itself when links die.
+//!
+//! Only links to rs2p nodes whose handshake carries
+//! [`compression::RS2P_TREE`](crate::wire::flags::compression::RS2P_TREE)
+//! take part; py2p and js2p peers get every broadcast pushed, as before.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
+
+use super::Mesh;
+use crate::proto::{ConnId, Now};
+use crate::value::Value;
+use crate::wire::flags::{main, sub};
+use crate::wire::{MessageId, Packed};
+
+/// Announcements wait this long to be sent together.
+pub const ANNOUNCE_AFTER: Duration = Duration::from_millis(20);
+/// An announced message not received this long after the announcement is
+/// grafted from its announcer.
+pub const GRAFT_AFTER: Duration = Duration::from_millis(150);
+/// Messages kept for grafts: at most this many, this many bytes, this long.
+const CACHE_COUNT: usize = 8192;
+const CACHE_BYTES: usize = 32 << 20;
+const CACHE_FOR: Duration = Duration::from_secs(60);
+/// Announced ids waited for, at most.
+const MAX_MISSING: usize = 8192;
+/// Ids in one announcement or graft, at most.
+pub const MAX_IDS: usize = 1024;
+
+/// Recent broadcasts by id, for grafts.
+#[derive(Default)]
+pub(super) struct Cache {
+    order: VecDeque<(MessageId, Duration, usize)>,
+    by_id: HashMap<MessageId, Packed>,
+    bytes: usize,
+}
+
+impl Cache {
+    pub(super) fn put(&mut self, packed: &Packed, now: Duration) {
+        let id = packed.id();
+        if self.by_id.contains_key(&id) {
+            return;
+        }
+        let len = packed.body().len();
+        self.by_id.insert(id, packed.clone());
+        self.order.push_back((id, now, len));
+        self.bytes += len;
+        while self.order.len() > CACHE_COUNT
+            || self.bytes > CACHE_BYTES
+            || self
+                .order
+                .front()
+                .is_some_and(|(_, t, _)| now.saturating_sub(*t) > CACHE_FOR)
+        {
+            let Some((old, _, n)) = self.order.pop_front() else {
+                break;
+            };
+            self.by_id.remove(&old);
+            self.bytes -= n;
+        }
+    }
+
+    fn get(&self, id: &MessageId) -> Option<&Packed> {
+        self.by_id.get(id)
+    }
+}
+
+/// An announced message not received yet: who announced it, and when to
+/// graft it from the next of them.
+pub(super) struct Missing {
+    announcers: Vec<ConnId>,
+    due: Duration,
+}
+
+/// The tree's state on one node.
+#[derive(Default)]
+pub(super) struct Tree {
+    pub(super) cache: Cache,
+    pub(super) missing: BTreeMap<MessageId, Missing>,
+    /// When pending announcements go out.
+    pub(super) announce_due: Option<Duration>,
+}
+
+fn ids_payload(flag: u8, ids: &[MessageId]) -> Vec<Value> {
+    vec![
+        Value::from(flag),
+        Value::Array(ids.iter().map(|id| Value::Bin(id.to_vec())).collect()),
+    ]
+}
+
+impl Mesh {
+    /// Whether a broadcast goes to `conn` in full (else it is announced).
+    pub(crate) fn eager(&self, conn: ConnId) -> bool {
+        self.links.get(&conn).is_none_or(|c| !(c.tree && c.lazy))
+    }
+
+    /// Notes an id to announce to a lazy tree link.
+    pub(super) fn announce(&mut self, conn: ConnId, id: MessageId, now: Now) {
+        if let Some(c) = self.links.get_mut(&conn) {
+            c.announce.push(id);
+            if self.tree.announce_due.is_none() {
+                self.tree.announce_due = Some(now.elapsed + ANNOUNCE_AFTER);
+            }
+        }
+    }
+
+    /// Tree links still in the tree, other than `except`.
+    fn eager_tree_links(&self, except: ConnId) -> usize {
+        self.links
+            .iter()
+            .filter(|(id, c)| **id != except && c.tree && !c.lazy)
+            .count()
+    }
+
+    /// A copy of a broadcast we already had came on `conn`: the link leaves
+    /// the tree at both ends — unless it is our last link in the tree (a
+    /// node keeps one, or it would hear of broadcasts only through
+    /// announcements and grafts while the tree forms).
+    pub(super) fn duplicate_from(&mut self, conn: ConnId, now: Now) {
+        if !self.links.get(&conn).is_some_and(|c| c.tree && !c.lazy)
+            || self.eager_tree_links(conn) == 0
+        {
+            return;
+        }
+        let Some(c) = self.links.get_mut(&conn) else {
+            return;
+        };
+        c.lazy = true;
+        self.stats.tree_prunes += 1;
+        self.whisper_to(conn, &[Value::from(sub::RS2P_PRUNE)], now);
+    }
+
+    /// A broadcast was received (or sent) for the first time.
+    pub(super) fn delivered(&mut self, packed: &Packed, now: Now) {
+        self.tree.missing.remove(&packed.id());
+        self.tree.cache.put(packed, now.elapsed);
+    }
+
+    /// The peer on `conn` pruned us: stop pushing to it — unless that
+    /// leaves us no link in the tree, when we graft it straight back.
+    pub(super) fn on_prune(&mut self, conn: ConnId, now: Now) {
+        if !self.links.get(&conn).is_some_and(|c| c.tree) {
+            return;
+        }
+        if self.eager_tree_links(conn) == 0 {
+            self.stats.tree_grafts += 1;
+            return self.whisper_to(conn, &ids_payload(sub::RS2P_GRAFT, &[]), now);
+        }
+        if let Some(c) = self.links.get_mut(&conn) {
+            c.lazy = true;
+        }
+    }
+
+    /// The peer on `conn` announced ids.
+    pub(super) fn on_ihave(&mut self, conn: ConnId, ids: Vec<MessageId>, now: Now) {
+        if !self.links.get(&conn).is_some_and(|c| c.tree) {
+            return;
+        }
+        for id in ids {
+            if self.seen.contains(&id) || self.tree.cache.get(&id).is_some() {
+                continue;
+            }
+            if let Some(m) = self.tree.missing.get_mut(&id) {
+                if !m.announcers.contains(&conn) && m.announcers.len() < 8 {
+                    m.announcers.push(conn);
+                }
+            } else if self.tree.missing.len() < MAX_MISSING {
+                self.tree.missing.insert(
+                    id,
+                    Missing {
+                        announcers: vec![conn],
+                        due: now.elapsed + GRAFT_AFTER,
+                    },
+                );
+            }
+        }
+    }
+
+    /// The peer on `conn` grafts us: push to it again, and send it the
+    /// messages it asks for that we still hold.
+    pub(super) fn on_graft(&mut self, conn: ConnId, ids: Vec<MessageId>, now: Now) {
+        let Some(c) = self.links.get_mut(&conn).filter(|c| c.tree) else {
+            return;
+        };
+        c.lazy = false;
+        for id in ids {
+            if let Some(packed) = self.tree.cache.get(&id).cloned() {
+                self.send_packed(conn, &packed, now);
+            }
+        }
+    }
+
+    /// When the tree's timers are next due.
+    pub(super) fn tree_timeout(&self) -> Option<Duration> {
+        let graft = self.tree.missing.values().map(|m| m.due).min();
+        match (graft, self.tree.announce_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Sends pending announcements, and grafts what is overdue.
+    pub(super) fn tree_timers(&mut self, now: Now) {
+        let t = now.elapsed;
+        if self.tree.announce_due.is_some_and(|d| d <= t) {
+            self.tree.announce_due = None;
+            let pending: Vec<(ConnId, Vec<MessageId>)> = self
+                .links
+                .iter_mut()
+                .filter(|(_, c)| !c.announce.is_empty())
+                .map(|(conn, c)| (*conn, std::mem::take(&mut c.announce)))
+                .collect();
+            for (conn, ids) in pending {
+                for chunk in ids.chunks(MAX_IDS) {
+                    let payload = ids_payload(sub::RS2P_IHAVE, chunk);
+                    let packed = Packed::new(main::WHISPER, &self.cfg.id, now.unix, &payload);
+                    self.send_packed(conn, &packed, now);
+                }
+            }
+        }
+        let overdue: Vec<MessageId> = self
+            .tree
+            .missing
+            .iter()
+            .filter(|(_, m)| m.due <= t)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in overdue {
+            let Some(m) = self.tree.missing.get_mut(&id) else {
+                continue;
+            };
+            // The next announcer still connected.
+            let next = loop {
+                if m.announcers.is_empty() {
+                    break None;
+                }
+                let c = m.announcers.remove(0);
+                if self.links.contains_key(&c) {
+                    break Some(c);
+                }
+            };
+            match next {
+                Some(conn) => {
+                    m.due = t + GRAFT_AFTER;
+                    if let Some(c) = self.links.get_mut(&conn) {
+                        c.lazy = false;
+                    }
+                    self.stats.tree_grafts += 1;
+                    let payload = ids_payload(sub::RS2P_GRAFT, &[id]);
+                    let packed = Packed::new(main::WHISPER, &self.cfg.id, now.unix, &payload);
+                    self.send_packed(conn, &packed, now);
+                }
+                None => {
+                    self.tree.missing.remove(&id);
+                }
+            }
+        }
+    }
+}
