@@ -91,6 +91,11 @@ pub struct MeshConfig {
     /// Received user messages kept until `recv`; the oldest are dropped past
     /// this.
     pub recv_queue: usize,
+    /// Bytes of received user messages (as they came on the wire) kept
+    /// until `recv` (default 64 MiB); the oldest are dropped past this, so
+    /// peers sending big broadcasts to a node that does not read cannot
+    /// grow its memory without bound.
+    pub recv_queue_bytes: usize,
     /// Broadcast ids remembered for duplicate suppression.
     pub seen_capacity: usize,
     /// Re-dial peers we lost, with exponential backoff.
@@ -117,6 +122,7 @@ impl MeshConfig {
             handshake_timeout: Duration::from_secs(30),
             incomplete_frame_timeout: Duration::from_secs(60),
             recv_queue: 65_536,
+            recv_queue_bytes: 64 << 20,
             seen_capacity: 1 << 18,
             reconnect: true,
             id: None,

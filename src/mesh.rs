@@ -63,6 +63,8 @@ pub struct Message {
     pub(crate) time: i64,
     pub(crate) id: MessageId,
     pub(crate) packets: Vec<Value>,
+    /// Its size on the wire, for the receive queue's byte bound.
+    pub(crate) size: usize,
     pub(crate) socket: Weak<Inner>,
 }
 
@@ -129,7 +131,7 @@ pub(crate) struct Inner {
     protocol_id: String,
     local_addr: SocketAddr,
     out_addr: (String, u16),
-    queue: Arc<Mutex<VecDeque<Message>>>,
+    queue: Arc<Mutex<RecvQueue>>,
     queue_notify: Arc<Notify>,
     /// Signalled by connection writers after each write (see
     /// [`MeshSocket::wait_for_room`]).
@@ -194,7 +196,7 @@ impl MeshSocket {
             .unwrap_or_else(|| ids::node_id_py2p(&out.0, out.1, &protocol_id, &ids::random_salt()));
         let (cmd_tx, cmd_rx) = mpsc::channel(CMD_CAPACITY);
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
-        let queue = Arc::new(Mutex::new(VecDeque::new()));
+        let queue = Arc::new(Mutex::new(RecvQueue::default()));
         let queue_notify = Arc::new(Notify::new());
         let drained = Arc::new(Notify::new());
         let inner = Arc::new(Inner {
@@ -363,7 +365,7 @@ impl MeshSocket {
 
     /// The next queued user message, if any.
     pub fn try_recv(&self) -> Option<Message> {
-        self.inner.queue.lock().ok()?.pop_front()
+        self.inner.queue.lock().ok()?.pop()
     }
 
     /// Takes every queued user message.
@@ -371,7 +373,7 @@ impl MeshSocket {
         self.inner
             .queue
             .lock()
-            .map(|mut q| q.drain(..).collect())
+            .map(|mut q| q.take_all())
             .unwrap_or_default()
     }
 
@@ -472,6 +474,38 @@ impl MeshSocket {
     /// True once [`close`](Self::close) has run (or the actor ended).
     pub fn is_closed(&self) -> bool {
         self.inner.cmd.is_closed()
+    }
+}
+
+/// The received user messages waiting for `recv`, bounded by count and by
+/// bytes.
+#[derive(Default)]
+pub(crate) struct RecvQueue {
+    items: VecDeque<Message>,
+    bytes: usize,
+}
+
+impl RecvQueue {
+    /// Queues a message, dropping the oldest while over either bound.
+    pub(crate) fn push(&mut self, m: Message, max_count: usize, max_bytes: usize) {
+        while !self.items.is_empty()
+            && (self.items.len() >= max_count || self.bytes + m.size > max_bytes)
+        {
+            self.pop();
+        }
+        self.bytes += m.size;
+        self.items.push_back(m);
+    }
+
+    fn pop(&mut self) -> Option<Message> {
+        let m = self.items.pop_front()?;
+        self.bytes -= m.size;
+        Some(m)
+    }
+
+    fn take_all(&mut self) -> Vec<Message> {
+        self.bytes = 0;
+        self.items.drain(..).collect()
     }
 }
 

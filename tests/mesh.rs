@@ -289,3 +289,38 @@ async fn a_lost_neighbour_is_relayed_to_again() {
         n.close().await;
     }
 }
+
+/// A node whose user does not read keeps received broadcasts within
+/// `recv_queue_bytes`, dropping the oldest first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_receive_queue_is_bounded_in_bytes() {
+    let mut cfg = rs2p::MeshConfig::new(local());
+    cfg.recv_queue_bytes = 1 << 20;
+    let a = MeshSocket::bind(cfg).await.unwrap();
+    let b = mesh_node().await;
+    b.connect("127.0.0.1", a.local_addr().port()).await.unwrap();
+    wait_until("linked", T, || async { peer_count(&a).await == 1 }).await;
+    let big = vec![7u8; 256 << 10];
+    for i in 0..10 {
+        b.send(vec![Value::from(i), Value::Bin(big.clone())])
+            .await
+            .unwrap();
+    }
+    wait_until("all ten received", T, || async {
+        a.stats().await.unwrap().broadcasts_received == 10
+    })
+    .await;
+    let kept: Vec<i64> = a
+        .drain()
+        .iter()
+        .map(|m| m.body()[0].as_i64().unwrap())
+        .collect();
+    assert!(
+        kept.len() <= 4,
+        "{} messages of 256 KiB kept under 1 MiB",
+        kept.len()
+    );
+    assert_eq!(kept.last(), Some(&9), "the newest is kept: {kept:?}");
+    a.close().await;
+    b.close().await;
+}

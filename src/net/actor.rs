@@ -4,7 +4,7 @@
 //! its timer — with the time, and carries out the outputs. It holds no
 //! protocol rule.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -127,7 +127,7 @@ pub(crate) struct SyncParts {
 /// What the actor shares with the [`MeshSocket`](crate::MeshSocket) handle.
 pub(crate) struct Shared {
     pub inner: Weak<Inner>,
-    pub queue: Arc<Mutex<VecDeque<Message>>>,
+    pub queue: Arc<Mutex<crate::mesh::RecvQueue>>,
     pub queue_notify: Arc<Notify>,
     pub drained: Arc<Notify>,
     pub events: broadcast::Sender<MeshEvent>,
@@ -377,6 +377,7 @@ impl Actor {
             time: r.time,
             id: r.id,
             packets: r.packets,
+            size: r.size,
             socket: self.shared.inner.clone(),
         };
         for h in self.handlers.iter_mut() {
@@ -386,10 +387,11 @@ impl Actor {
         }
         if r.user {
             if let Ok(mut q) = self.shared.queue.lock() {
-                if q.len() >= self.cfg.recv_queue {
-                    q.pop_front();
-                }
-                q.push_back(message.clone());
+                q.push(
+                    message.clone(),
+                    self.cfg.recv_queue,
+                    self.cfg.recv_queue_bytes,
+                );
             }
             self.shared.queue_notify.notify_waiters();
             self.shared.queue_notify.notify_one();

@@ -136,4 +136,6 @@ pub struct Received {
     /// True for a user broadcast or whisper (queued for `recv`); false for
     /// anything else, which only handlers see.
     pub user: bool,
+    /// The message's size on the wire (its packed body), in bytes.
+    pub size: usize,
 }

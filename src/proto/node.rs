@@ -156,6 +156,7 @@ impl Node {
                     id: inc.id,
                     packets: inc.msg.payload,
                     user,
+                    size: inc.size,
                 }));
             }
         }

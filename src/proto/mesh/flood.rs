@@ -337,6 +337,7 @@ impl Mesh {
             packet => Upcall::Message(Box::new(Incoming {
                 conn,
                 id: packed.id(),
+                size: packed.body().len(),
                 msg,
                 packet,
             })),

@@ -171,6 +171,8 @@ pub struct Incoming {
     pub msg: WireMessage,
     /// Its payload, typed.
     pub packet: Packet,
+    /// Its packed size in bytes.
+    pub size: usize,
 }
 
 /// What a frame did, for the layer above the mesh.
