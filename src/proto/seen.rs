@@ -30,7 +30,7 @@ impl Hasher for Identity {
 /// accidental collision among the entries held is negligible (about 2^-46
 /// at full capacity), and a deliberate one only hides the forger's own
 /// messages.
-fn fingerprint(id: &[u8; 32]) -> u64 {
+pub(crate) fn fingerprint(id: &[u8; 32]) -> u64 {
     let mut head = [0u8; 8];
     head.copy_from_slice(&id[..8]);
     u64::from_le_bytes(head)
@@ -123,6 +123,11 @@ impl Seen {
                 break;
             }
         }
+    }
+
+    /// True when a message with this fingerprint ([`fingerprint`]) was seen.
+    pub(crate) fn contains_fingerprint(&self, fp: u64) -> bool {
+        self.set.contains(&fp)
     }
 
     /// True when a message with this id was seen (and is still held).

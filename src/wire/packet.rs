@@ -140,11 +140,12 @@ pub enum Packet {
     Sync,
     /// rs2p only: a want list ([`sub::RS2P_WANT`]).
     Want,
-    /// rs2p only: ids of broadcasts the peer holds ([`sub::RS2P_IHAVE`]).
-    IHave(Vec<crate::wire::MessageId>),
+    /// rs2p only: broadcasts the peer holds ([`sub::RS2P_IHAVE`]), by the
+    /// first 8 bytes of their ids, little-endian.
+    IHave(Vec<u64>),
     /// rs2p only: push to the peer again and send it these
     /// ([`sub::RS2P_GRAFT`]).
-    Graft(Vec<crate::wire::MessageId>),
+    Graft(Vec<u64>),
     /// rs2p only: stop pushing to the peer ([`sub::RS2P_PRUNE`]).
     Prune,
     /// rs2p only: a keepalive probe, or (`reply`) its answer.
@@ -182,15 +183,13 @@ fn peer_entry(v: &Value) -> Option<PeerEntry> {
 /// Message ids announced or grafted in one packet, at most.
 pub const MAX_MESSAGE_IDS: usize = 1024;
 
-/// A list of 32-byte message ids (`None` when malformed or too long).
-fn message_ids(v: Option<&Value>) -> Option<Vec<crate::wire::MessageId>> {
+/// A list of message fingerprints (`None` when malformed or too long).
+fn message_ids(v: Option<&Value>) -> Option<Vec<u64>> {
     let list = v?.as_array()?;
     if list.len() > MAX_MESSAGE_IDS {
         return None;
     }
-    list.iter()
-        .map(|id| id.as_bytes().and_then(|b| <[u8; 32]>::try_from(b).ok()))
-        .collect()
+    list.iter().map(Value::as_u64).collect()
 }
 
 impl Packet {

@@ -825,6 +825,15 @@ async fn progress_detail(nodes: &mut [Node], of: &[usize], target: usize) -> Str
 
 /// Scenario 1: N nodes as a chain, mesh formed; spaced sets on node 0; per
 /// set, the time until every node has it.
+/// Bytes sent on the loopback interface so far (Linux), headers included.
+fn loopback_bytes() -> Option<u64> {
+    std::fs::read_to_string("/sys/class/net/lo/statistics/tx_bytes")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 async fn run_latency(env: &Env, imp: Impl, n: usize, plan: &Plan) -> RunResult {
     let limit = plan.lat_limit;
     let (mut nodes, sh, attempts) = form_mesh(env, imp, n, &format!("lat{n}")).await?;
@@ -840,9 +849,12 @@ async fn run_latency(env: &Env, imp: Impl, n: usize, plan: &Plan) -> RunResult {
         let mut t_set: HashMap<String, i64> = HashMap::new();
         // Idle cost of the mesh (timers, polling), subtracted below.
         let idle0 = sched_all(&nodes);
+        let lo0 = loopback_bytes();
         let idle_from = Instant::now();
         tokio::time::sleep(Duration::from_secs(1)).await;
         let sched0 = sched_all(&nodes);
+        let lo_idle = loopback_bytes();
+        let stats0 = gather_stats(&mut nodes).await;
         let idle_s = idle_from.elapsed().as_secs_f64();
         let t_begin = Instant::now();
         for j in 0..sets {
@@ -889,6 +901,7 @@ async fn run_latency(env: &Env, imp: Impl, n: usize, plan: &Plan) -> RunResult {
             }
         }
         let sched1 = sched_all(&nodes);
+        let lo1 = loopback_bytes();
         let busy_s = t_begin.elapsed().as_secs_f64();
         let idle_ns = (sched0.0 - idle0.0) as f64 / idle_s * busy_s;
         let idle_cs = (sched0.1 - idle0.1) as f64 / idle_s * busy_s;
@@ -944,6 +957,17 @@ async fn run_latency(env: &Env, imp: Impl, n: usize, plan: &Plan) -> RunResult {
         if let Some(p) = per_set("relays_pruned") {
             out.figures.insert("relays_pruned_per_set", p);
         }
+        // What the nodes sent while the sets propagated, as they count it
+        // (rs2p: frames with their prefixes, no TCP/IP headers); the
+        // loopback figure below has the headers but also whatever else the
+        // machine sends on loopback meanwhile.
+        let sent = |st: &[Ev]| -> Option<u64> {
+            let v: Vec<u64> = st.iter().filter_map(|s| s.u64("bytes_sent")).collect();
+            (v.len() == st.len() && !v.is_empty()).then(|| v.iter().sum())
+        };
+        if let (Some(b0), Some(b1)) = (sent(&stats0), sent(&stats)) {
+            out.figures.insert("bytes_sent_per_set", b1.saturating_sub(b0) as f64 / sets as f64);
+        }
         out.figures.insert(
             "cpu_ms_per_set",
             ((sched1.0 - sched0.0) as f64 - idle_ns).max(0.0) / 1e6 / sets as f64,
@@ -952,6 +976,13 @@ async fn run_latency(env: &Env, imp: Impl, n: usize, plan: &Plan) -> RunResult {
             "ctx_switches_per_set",
             ((sched1.1 - sched0.1) as f64 - idle_cs).max(0.0) / sets as f64,
         );
+        // Every byte the loopback interface carried (IP and TCP headers
+        // included) while the sets propagated, less the mesh's idle traffic.
+        if let (Some(a), Some(b), Some(c)) = (lo0, lo_idle, lo1) {
+            let idle_rate = (b - a) as f64 / idle_s;
+            let used = (c - b) as f64 - idle_rate * busy_s;
+            out.figures.insert("loopback_bytes_per_set", used.max(0.0) / sets as f64);
+        }
         out.figures.insert(
             "idle_cpu_ms_per_s",
             (sched0.0 - idle0.0) as f64 / 1e6 / idle_s,

@@ -322,6 +322,7 @@ async fn handle(sync: &SyncSocket, state: &Arc<Mutex<State>>, cmd: &Json) -> Res
                     "broadcasts": st.broadcasts_received,
                     "duplicates": st.duplicate_broadcasts,
                     "relays_pruned": st.relays_pruned,
+                    "bytes_sent": st.bytes_sent,
                 }),
             );
         }

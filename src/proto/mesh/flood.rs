@@ -57,6 +57,7 @@ impl Mesh {
             v.into()
         };
         c.unsent += bytes.len();
+        self.stats.bytes_sent += bytes.len() as u64;
         self.out.push_back(Output::Transmit { conn, bytes });
     }
 
@@ -157,7 +158,7 @@ impl Mesh {
         let (targets, lazy): (Vec<ConnId>, Vec<ConnId>) =
             targets.into_iter().partition(|c| self.eager(*c));
         for conn in lazy {
-            self.announce(conn, packed.id(), now);
+            self.announce(conn, crate::proto::seen::fingerprint(&packed.id()), now);
         }
         if from_conn.is_some() {
             self.stats.relays += targets.len() as u64;

@@ -79,7 +79,7 @@ struct Link {
     /// waiting to be announced.
     tree: bool,
     lazy: bool,
-    announce: Vec<MessageId>,
+    announce: Vec<tree::Fingerprint>,
     /// The neighbour list last sent on this link.
     told_neighbours: Option<Vec<Vec<u8>>>,
     /// When a frame last arrived, and whether the silence since was probed.

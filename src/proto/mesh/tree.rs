@@ -15,13 +15,19 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
 use super::Mesh;
+use crate::proto::seen::fingerprint;
 use crate::proto::{ConnId, Now};
 use crate::value::Value;
 use crate::wire::flags::{main, sub};
-use crate::wire::{MessageId, Packed};
+use crate::wire::Packed;
 
-/// Announcements wait this long to be sent together.
-pub const ANNOUNCE_AFTER: Duration = Duration::from_millis(20);
+/// A broadcast's id as announcements and grafts carry it: its first 8
+/// bytes (see [`fingerprint`]).
+pub type Fingerprint = u64;
+
+/// Announcements wait this long to be sent together: they are for repair,
+/// and each costs a frame per link out of the tree.
+pub const ANNOUNCE_AFTER: Duration = Duration::from_secs(1);
 /// An announced message not received this long after the announcement is
 /// grafted from its announcer.
 pub const GRAFT_AFTER: Duration = Duration::from_millis(150);
@@ -37,14 +43,14 @@ pub const MAX_IDS: usize = 1024;
 /// Recent broadcasts by id, for grafts.
 #[derive(Default)]
 pub(super) struct Cache {
-    order: VecDeque<(MessageId, Duration, usize)>,
-    by_id: HashMap<MessageId, Packed>,
+    order: VecDeque<(Fingerprint, Duration, usize)>,
+    by_id: HashMap<Fingerprint, Packed>,
     bytes: usize,
 }
 
 impl Cache {
     pub(super) fn put(&mut self, packed: &Packed, now: Duration) {
-        let id = packed.id();
+        let id = fingerprint(&packed.id());
         if self.by_id.contains_key(&id) {
             return;
         }
@@ -67,7 +73,7 @@ impl Cache {
         }
     }
 
-    fn get(&self, id: &MessageId) -> Option<&Packed> {
+    fn get(&self, id: &Fingerprint) -> Option<&Packed> {
         self.by_id.get(id)
     }
 }
@@ -83,15 +89,15 @@ pub(super) struct Missing {
 #[derive(Default)]
 pub(super) struct Tree {
     pub(super) cache: Cache,
-    pub(super) missing: BTreeMap<MessageId, Missing>,
+    pub(super) missing: BTreeMap<Fingerprint, Missing>,
     /// When pending announcements go out.
     pub(super) announce_due: Option<Duration>,
 }
 
-fn ids_payload(flag: u8, ids: &[MessageId]) -> Vec<Value> {
+fn ids_payload(flag: u8, ids: &[Fingerprint]) -> Vec<Value> {
     vec![
         Value::from(flag),
-        Value::Array(ids.iter().map(|id| Value::Bin(id.to_vec())).collect()),
+        Value::Array(ids.iter().map(|id| Value::from(*id)).collect()),
     ]
 }
 
@@ -102,7 +108,7 @@ impl Mesh {
     }
 
     /// Notes an id to announce to a lazy tree link.
-    pub(super) fn announce(&mut self, conn: ConnId, id: MessageId, now: Now) {
+    pub(super) fn announce(&mut self, conn: ConnId, id: Fingerprint, now: Now) {
         if let Some(c) = self.links.get_mut(&conn) {
             c.announce.push(id);
             if self.tree.announce_due.is_none() {
@@ -139,7 +145,7 @@ impl Mesh {
 
     /// A broadcast was received (or sent) for the first time.
     pub(super) fn delivered(&mut self, packed: &Packed, now: Now) {
-        self.tree.missing.remove(&packed.id());
+        self.tree.missing.remove(&fingerprint(&packed.id()));
         self.tree.cache.put(packed, now.elapsed);
     }
 
@@ -159,12 +165,12 @@ impl Mesh {
     }
 
     /// The peer on `conn` announced ids.
-    pub(super) fn on_ihave(&mut self, conn: ConnId, ids: Vec<MessageId>, now: Now) {
+    pub(super) fn on_ihave(&mut self, conn: ConnId, ids: Vec<Fingerprint>, now: Now) {
         if !self.links.get(&conn).is_some_and(|c| c.tree) {
             return;
         }
         for id in ids {
-            if self.seen.contains(&id) || self.tree.cache.get(&id).is_some() {
+            if self.seen.contains_fingerprint(id) || self.tree.cache.get(&id).is_some() {
                 continue;
             }
             if let Some(m) = self.tree.missing.get_mut(&id) {
@@ -185,7 +191,7 @@ impl Mesh {
 
     /// The peer on `conn` grafts us: push to it again, and send it the
     /// messages it asks for that we still hold.
-    pub(super) fn on_graft(&mut self, conn: ConnId, ids: Vec<MessageId>, now: Now) {
+    pub(super) fn on_graft(&mut self, conn: ConnId, ids: Vec<Fingerprint>, now: Now) {
         let Some(c) = self.links.get_mut(&conn).filter(|c| c.tree) else {
             return;
         };
@@ -211,7 +217,7 @@ impl Mesh {
         let t = now.elapsed;
         if self.tree.announce_due.is_some_and(|d| d <= t) {
             self.tree.announce_due = None;
-            let pending: Vec<(ConnId, Vec<MessageId>)> = self
+            let pending: Vec<(ConnId, Vec<Fingerprint>)> = self
                 .links
                 .iter_mut()
                 .filter(|(_, c)| !c.announce.is_empty())
@@ -225,7 +231,7 @@ impl Mesh {
                 }
             }
         }
-        let overdue: Vec<MessageId> = self
+        let overdue: Vec<Fingerprint> = self
             .tree
             .missing
             .iter()

@@ -51,6 +51,9 @@ pub struct NodeStats {
     pub slow_peers_dropped: u64,
     /// Links dropped after staying silent through a keepalive probe.
     pub stalled_links: u64,
+    /// Bytes handed to connections (frames, with their length prefixes;
+    /// not TCP/IP headers).
+    pub bytes_sent: u64,
     /// Links taken out of the broadcast tree after a duplicate.
     pub tree_prunes: u64,
     /// Grafts sent for announced broadcasts that did not arrive in time.
