@@ -3,8 +3,8 @@
 //! the difference, not with the dictionary.
 //!
 //! Every key and tombstone is an item `(key hash, version hash)` (see
-//! [`key_hash`](super::dict::key_hash) and
-//! [`item_hash`](super::dict::item_hash)). A range of key hashes is
+//! `dict::key_hash` and
+//! `dict::item_hash`). A range of key hashes is
 //! described by its item count and the wrapping sum of its version hashes
 //! (its fingerprint), or by its item list. A side that receives a
 //! fingerprint compares it with its own: equal ranges are done; a differing

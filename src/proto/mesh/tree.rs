@@ -27,7 +27,7 @@ pub type Fingerprint = u64;
 
 /// Announcements wait this long to be sent together: they are for repair,
 /// and each costs a frame per link out of the tree.
-pub const ANNOUNCE_AFTER: Duration = Duration::from_secs(1);
+pub const ANNOUNCE_AFTER: Duration = Duration::from_millis(100);
 /// An announced message not received this long after the announcement is
 /// grafted from its announcer.
 pub const GRAFT_AFTER: Duration = Duration::from_millis(150);
