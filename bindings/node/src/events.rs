@@ -104,18 +104,38 @@ impl Outbox {
             !std::mem::replace(&mut p.scheduled, true)
         };
         if schedule {
-            let cb = self.callback.lock().unwrap_or_else(|e| e.into_inner());
-            match cb.as_ref() {
-                Some(cb) => {
-                    let status =
-                        cb.call(Batch(self.clone()), ThreadsafeFunctionCallMode::NonBlocking);
-                    if status != Status::Ok {
-                        // The environment is going away: nothing will run.
-                        self.lock().scheduled = false;
-                    }
-                }
-                None => self.lock().scheduled = false,
+            self.schedule();
+        }
+    }
+
+    /// Counts events lost before they reached the outbox (the engine's
+    /// event stream lagged); the next batch starts with their count.
+    pub fn missed(self: &Arc<Self>, n: u64) {
+        let schedule = {
+            let mut p = self.lock();
+            if p.closed {
+                return;
             }
+            p.missed = p.missed.saturating_add(n);
+            !std::mem::replace(&mut p.scheduled, true)
+        };
+        if schedule {
+            self.schedule();
+        }
+    }
+
+    /// Queues one call of the callback.
+    fn schedule(self: &Arc<Self>) {
+        let cb = self.callback.lock().unwrap_or_else(|e| e.into_inner());
+        match cb.as_ref() {
+            Some(cb) => {
+                let status = cb.call(Batch(self.clone()), ThreadsafeFunctionCallMode::NonBlocking);
+                if status != Status::Ok {
+                    // The environment is going away: nothing will run.
+                    self.lock().scheduled = false;
+                }
+            }
+            None => self.lock().scheduled = false,
         }
     }
 
@@ -259,6 +279,9 @@ mod tests {
         assert_eq!(keys, vec![vec![2], vec![3], vec![4]]);
         let (missed, events) = outbox.take();
         assert_eq!((missed, events.len()), (0, 0));
+        outbox.missed(5);
+        outbox.missed(2);
+        assert_eq!(outbox.take().0, 7);
     }
 
     #[test]

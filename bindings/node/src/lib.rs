@@ -182,6 +182,17 @@ pub fn protocol_id(subnet: String, encryption: String) -> String {
     rs2p::wire::ids::protocol_id(&subnet, &encryption)
 }
 
+/// `release` or `dev`: how the addon was compiled.
+#[napi]
+pub fn build_profile() -> String {
+    if cfg!(debug_assertions) {
+        "dev"
+    } else {
+        "release"
+    }
+    .to_string()
+}
+
 struct Open {
     mesh: MeshSocket,
     sync: Option<SyncSocket>,
@@ -300,9 +311,10 @@ impl NativeNode {
                             timestamp: meta.timestamp,
                         }),
                         SyncEvent::Delete { key } => outbox.push(Event::Delete { key }),
-                        // The outbox cannot fall behind the engine by more
-                        // than a scheduling delay; should it, the
-                        // dictionary itself is still exact.
+                        // This task fell behind the engine (it only moves
+                        // events into the outbox, so it should not): say
+                        // how many were lost, as for the outbox's own limit.
+                        SyncEvent::Lagged { missed } => outbox.missed(missed),
                         _ => {}
                     }
                 }
