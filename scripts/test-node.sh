@@ -25,7 +25,7 @@ scripts/setup-peers.sh
 cargo fmt -p rs2p-node -- --check
 cargo clippy --locked -p rs2p-node --all-targets -- -D warnings
 cargo test --locked -p rs2p-node
-cargo build --locked --bin rs2p
+cargo build --locked --workspace --bin rs2p   # wherever the CLI lives in the workspace
 TARGET=${CARGO_TARGET_DIR:-$(cargo metadata --format-version 1 --no-deps |
     node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>process.stdout.write(JSON.parse(s).target_directory))')}
 export RS2P_BIN="$TARGET/debug/rs2p"
