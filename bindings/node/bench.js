@@ -214,7 +214,7 @@ async function main() {
             runs.push(await runOnce(name, r));
             process.stderr.write(`${IMPLS[name].label}: run ${r + 1}/${RUNS} ${JSON.stringify(runs[r])}\n`);
         }
-        results[name] = {};
+        results[name] = { runs };
         for (const k of Object.keys(runs[0])) {
             results[name][k] = median(runs.map((x) => x[k]));
         }
@@ -239,6 +239,15 @@ async function main() {
         row(`time until both peers emitted 'update' for all K keys`, 'conv_s', 's', 'lower')
     ].join('\n');
     const date = new Date().toISOString().replace('T', ' ').slice(0, 16) + ' UTC';
+    const range = (r, key, unit) => {
+        const xs = r.runs.map((x) => x[key]);
+        return `${fmt(Math.min(...xs), unit)} to ${fmt(Math.max(...xs), unit)}`;
+    };
+    const spread = Object.keys(results).map((name) =>
+        `${IMPLS[name].label}: sets/s to convergence ${range(results[name], 'conv_rate', 'sets/s')}, propagation p50 ${range(results[name], 'p50_ms', 'ms')}`).join('; ');
+    const busy = Number(load_before.split(' ')[0]) > m.cpus
+        ? ' The machine was busy (its load average above its core count): the package\'s pipeline spans several threads, which then wait for the CPU, so its figures vary more between runs than js2p\'s single-threaded ones.'
+        : '';
     const section = [
         '<!-- node-package:begin (written by bindings/node/bench.js --write) -->',
         '## Node.js package (bindings/node) against js2p',
@@ -248,6 +257,8 @@ async function main() {
         'Three SyncSockets of one implementation in one Node.js process, on 127.0.0.1, linked as a triangle, plaintext, leasing on, 8-byte values. Propagation: node A sets a key, the time until the other two have both emitted `update` for it (sets one after the other). Throughput: A sets K keys in a loop; the loop\'s rate, and the rate until both other nodes have emitted `update` for every key. These are the figures a Node.js program sees: with js2p all protocol work shares the program\'s event loop; with the package it runs on the addon\'s threads and only the events come to the loop. (`rs2p bench` above runs one process per node and measures other things; it rewrites this file without this section, so run this one after it.)',
         '',
         table,
+        '',
+        `Range over the runs: ${spread}.${busy}`,
         '',
         'Regenerate: `bindings/node/build.sh && node bindings/node/bench.js --write` (needs `scripts/setup-peers.sh` for js2p).',
         '<!-- node-package:end -->'
