@@ -33,6 +33,7 @@ run() {
 run cargo test --locked --workspace --all-targets --no-fail-fast
 run cargo test --locked --workspace --doc --no-fail-fast
 run cargo test --locked -p rs2p --no-default-features --test features
+run scripts/test-node.sh
 if [ ${#failed[@]} -gt 0 ]; then
     {
         echo
