@@ -1619,3 +1619,59 @@ fn remote_shell() {
     // The node keeps running.
     assert_eq!(n.get("/health").status, 200);
 }
+
+/// docs/openapi.json and the server agree: every operation it describes
+/// exists and answers a plain request with a status it documents (the
+/// fuzzing in scripts/fuzz-api.sh goes much further).
+#[test]
+fn the_openapi_description_matches_the_server() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/openapi.json");
+    let spec: Json = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(spec["openapi"], "3.0.3");
+    let n = Node::start(&[]);
+    assert_eq!(
+        n.json("PUT", "/v1/kv/spec-probe", &json!({"a": 1})).status,
+        200
+    );
+    let mut operations = 0;
+    for (route, item) in spec["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            if method == "parameters" {
+                continue;
+            }
+            operations += 1;
+            let url = route.replace("{key}", "spec-probe");
+            let documented: Vec<u16> = op["responses"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(|c| c.parse().unwrap())
+                .collect();
+            let body = match (method.as_str(), route.as_str()) {
+                ("post", "/v1/peers") => Some(json!({"host": "127.0.0.1", "port": n.port})),
+                ("post", _) => Some(json!({"b": 2})),
+                ("put", _) => Some(json!("v")),
+                _ => None,
+            };
+            let m = method.to_uppercase();
+            let status = if route == "/v1/watch" {
+                match Watch::open(&n.api, "", None) {
+                    Ok(_) => 200,
+                    Err(r) => r.status,
+                }
+            } else {
+                let b = body.map(|b| b.to_string());
+                http(&n.api, &m, &url, &[], b.as_deref().map(str::as_bytes)).status
+            };
+            assert!(
+                documented.contains(&status),
+                "{m} {route}: {status} not in {documented:?}"
+            );
+            assert!(
+                status < 300 || method == "post" && route == "/v1/peers",
+                "{m} {route}: {status}"
+            );
+        }
+    }
+    assert_eq!(operations, 12, "every route of the API is described");
+}
