@@ -67,6 +67,9 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 const KEEPALIVE: Duration = Duration::from_secs(15);
 /// How long a watch's replay of past events may wait for its client.
 const REPLAY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most bytes of events kept for resuming watches (besides
+/// `--api-watch-history`'s count); the newest event is always kept.
+const HISTORY_BYTES: usize = 64 << 20;
 
 /// The value of `--api`: an address, or `off`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -362,8 +365,9 @@ async fn guard(State(st): St, req: Request, next: Next) -> Response {
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim());
         if given.is_some_and(|g| same_secret(g.as_bytes(), token.as_bytes())) {
             next.run(req).await
         } else {
@@ -900,6 +904,8 @@ struct Feed {
 struct Ring {
     events: VecDeque<Arc<FeedEvent>>,
     capacity: usize,
+    /// Bytes of the frames in `events`.
+    bytes: usize,
     next_seq: u64,
 }
 
@@ -911,6 +917,7 @@ impl Feed {
             ring: Mutex::new(Ring {
                 events: VecDeque::new(),
                 capacity: limits.api_watch_history as usize,
+                bytes: 0,
                 next_seq: 1,
             }),
             live,
@@ -964,10 +971,15 @@ impl Feed {
             self.id(seq)
         ));
         let ev = Arc::new(FeedEvent { seq, key, frame });
-        if ring.events.len() >= ring.capacity {
-            ring.events.pop_front();
-        }
+        ring.bytes += ev.frame.len();
         ring.events.push_back(ev.clone());
+        while ring.events.len() > ring.capacity
+            || ring.bytes > HISTORY_BYTES && ring.events.len() > 1
+        {
+            if let Some(old) = ring.events.pop_front() {
+                ring.bytes -= old.frame.len();
+            }
+        }
         // Sent under the lock: a watch subscribing sees each event either
         // in the ring or live, never both, never neither.
         let _ = self.live.send(ev);

@@ -196,6 +196,17 @@ fn until<R>(what: &str, mut f: impl FnMut() -> Option<R>) -> R {
     }
 }
 
+/// Waits until the unix time (whole seconds) is past `t`.
+fn wait_past(t: i64) {
+    until("the next second", || {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        (now > t).then_some(())
+    });
+}
+
 // ------------------------------------------------------------------- HTTP
 
 #[derive(Debug)]
@@ -711,6 +722,8 @@ fn kv_endpoints() {
     until("b to see the delete", || {
         (b.get("/v1/kv/m3").status == 404).then_some(())
     });
+    // (Within the second of a's write, the lower id would win the tie.)
+    wait_past(ts);
     let r = b.json("PUT", "/v1/kv/greeting", &json!("mine"));
     assert_eq!(r.status, 409, "{}", r.text());
     let err = &r.json()["error"];
@@ -907,6 +920,9 @@ fn client_commands() {
     until("b to have greeting", || {
         (value_at(&b, "greeting") == Some(json!("hello world"))).then_some(())
     });
+    // (Within the second of a's writes, the lower id would win the tie.)
+    let ts = a.get("/v1/kv/n").json()["timestamp"].as_i64().unwrap();
+    wait_past(ts);
     let o = b.client(&["set", "greeting", "mine"]);
     code(&o, 4);
     assert!(
@@ -1206,7 +1222,24 @@ fn the_token_rule() {
             None,
         );
         assert_eq!(r.status, 401, "{path}: no Bearer");
+        let r = http(
+            &api,
+            "GET",
+            path,
+            &[("Authorization", "Basic s3cret-token")],
+            None,
+        );
+        assert_eq!(r.status, 401, "{path}: not Bearer");
     }
+    // The scheme's case does not matter (RFC 7235).
+    let r = http(
+        &api,
+        "GET",
+        "/health",
+        &[("Authorization", "bearer s3cret-token")],
+        None,
+    );
+    assert_eq!(r.status, 200);
     let auth = [("Authorization", "Bearer s3cret-token")];
     let r = http(&api, "PUT", "/v1/kv/x", &[], Some(b"1"));
     assert_eq!(r.status, 401);
@@ -1486,6 +1519,38 @@ fn metrics_move_with_traffic() {
     assert_eq!(a4.get("rs2p_api_watches", &[]), 1.0);
     assert!(a4.get("rs2p_api_watch_events_total", &[]) >= 1.0);
     assert_eq!(a4.get("rs2p_api_watch_dropped_total", &[]), 0.0);
+
+    // A third node linked to both: b no longer relays a's broadcasts to c
+    // (a sent them to c itself).
+    let b_target = format!("127.0.0.1:{}", b.port);
+    let c = Node::start(&["--connect", &target, "--connect", &b_target]);
+    until("c to join both", || {
+        (c.metrics().get("rs2p_peers", &[("kind", "rs2p")]) == 2.0).then_some(())
+    });
+    let mut i = 0;
+    until("b to prune a relay", || {
+        i += 1;
+        assert_eq!(
+            a.json("PUT", &format!("/v1/kv/tri{i}"), &json!(i)).status,
+            200
+        );
+        (b.metrics().get("rs2p_relays_pruned_total", &[]) > 0.0).then_some(())
+    });
+    drop(c);
+
+    // Garbage on the mesh port: a bad frame, counted; the link dropped.
+    let bad_before = a.metrics().get("rs2p_bad_frames_total", &[]);
+    let mut s = TcpStream::connect(&a.addr).unwrap();
+    s.write_all(&[0, 0, 0, 8, 0xc1, 1, 2, 3, 4, 5, 6, 7])
+        .unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    let mut sink = Vec::new();
+    let _ = s.read_to_end(&mut sink);
+    let m = until("the bad frame to be counted", || {
+        let m = a.metrics();
+        (m.get("rs2p_bad_frames_total", &[]) > bad_before).then_some(m)
+    });
+    assert_eq!(m.get("rs2p_bad_frames_total", &[]), bad_before + 1.0);
 
     // b leaves: a's peer gauge goes back to 0.
     drop(b);
