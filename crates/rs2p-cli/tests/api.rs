@@ -1740,3 +1740,56 @@ fn the_openapi_description_matches_the_server() {
     }
     assert_eq!(operations, 12, "every route of the API is described");
 }
+
+/// `rs2p watch` outlives a restart of the node: it reconnects, is told
+/// that events may have been missed (`reset`: the node's event ids start
+/// over), and goes on with the new node's events.
+#[cfg(unix)]
+#[test]
+fn the_watch_command_reconnects_across_a_restart() {
+    let mut n = Node::start(&[]);
+    let api = n.api.clone();
+    let mut w = Command::new(BIN)
+        .args(["watch", "-o", "json", "--count", "2", "--endpoint", &api])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = lines_of(w.stdout.take().unwrap());
+    let next =
+        || -> Json { serde_json::from_str(&lines.recv_timeout(T).expect("a watch line")).unwrap() };
+    until("the watch to open", || {
+        (n.metrics().get("rs2p_api_watches", &[]) == 1.0).then_some(())
+    });
+    assert_eq!(n.json("PUT", "/v1/kv/one", &json!(1)).status, 200);
+    let first = next();
+    assert_eq!(
+        (first["event"].clone(), first["key"].clone()),
+        (json!("update"), json!("one"))
+    );
+
+    n.signal(libc::SIGTERM);
+    assert_eq!(n.exit_code(), Some(0));
+    let again = Node::spawn(&["node", "--api", &api]);
+    assert_eq!(again.api, api);
+    until("the watch to reconnect", || {
+        (again.metrics().get("rs2p_api_watches", &[]) == 1.0).then_some(())
+    });
+    assert_eq!(again.json("PUT", "/v1/kv/two", &json!(2)).status, 200);
+    let reset = next();
+    assert_eq!(reset["event"], "reset", "{reset}");
+    let second = next();
+    assert_eq!(
+        (second["event"].clone(), second["key"].clone()),
+        (json!("update"), json!("two"))
+    );
+    let deadline = Instant::now() + T;
+    let status = loop {
+        if let Some(s) = w.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "watch --count 2 did not exit");
+        std::thread::sleep(POLL);
+    };
+    assert!(status.success());
+}
