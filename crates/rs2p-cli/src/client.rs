@@ -227,12 +227,8 @@ impl std::fmt::Display for ClientError {
                 body,
             } => {
                 if kind == "lease_held" {
-                    let owner = body["owner"].as_str().unwrap_or("?");
                     let left = body["expires_in"].as_i64().unwrap_or(0);
-                    write!(
-                        f,
-                        "{message} (the lease is held by {owner} for {left} s more)"
-                    )
+                    write!(f, "{message}: {left} s left [lease_held]")
                 } else {
                     write!(f, "{message} [{kind}, HTTP {}]", status.as_u16())
                 }

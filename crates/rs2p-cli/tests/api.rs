@@ -926,7 +926,7 @@ fn client_commands() {
     let o = b.client(&["set", "greeting", "mine"]);
     code(&o, 4);
     assert!(
-        stderr(&o).contains(&format!("held by {}", a.id)),
+        stderr(&o).contains(&format!("leased by {}", a.id)) && stderr(&o).contains(" s left"),
         "{}",
         stderr(&o)
     );
