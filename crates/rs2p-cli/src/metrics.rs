@@ -19,6 +19,9 @@
 //! | `rs2p_bad_frames_total` | counter | | undecodable frames (link dropped) |
 //! | `rs2p_frames_skipped_total` | counter | | frames over a limit (link kept) |
 //! | `rs2p_slow_peers_dropped_total` | counter | | peers dropped with a full send queue |
+//! | `rs2p_stalled_links_total` | counter | | links dropped, silent through a keepalive probe |
+//! | `rs2p_tree_prunes_total` | counter | | links taken out of the broadcast tree after a duplicate |
+//! | `rs2p_tree_grafts_total` | counter | | grafts for announced broadcasts that did not arrive |
 //! | `rs2p_send_queue_bytes` | gauge | | bytes waiting in the send queues |
 //! | `rs2p_state_transfer_bytes_total` | counter | `direction` (`in`, `out`) | state transfers |
 //! | `rs2p_keys`, `rs2p_tombstones` | gauge | | the dictionary |
@@ -290,7 +293,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
         &st.bytes_out,
     );
 
-    let counters: [(&str, &str, u64); 8] = [
+    let counters: [(&str, &str, u64); 11] = [
         (
             "rs2p_broadcasts_received_total",
             "Broadcasts received for the first time.",
@@ -330,6 +333,21 @@ pub fn render(s: &Snapshot<'_>) -> String {
             "rs2p_slow_peers_dropped_total",
             "Peers dropped because their send queue was full.",
             st.slow_peers_dropped,
+        ),
+        (
+            "rs2p_stalled_links_total",
+            "Links dropped after staying silent through a keepalive probe.",
+            st.stalled_links,
+        ),
+        (
+            "rs2p_tree_prunes_total",
+            "Links taken out of the broadcast tree after a duplicate.",
+            st.tree_prunes,
+        ),
+        (
+            "rs2p_tree_grafts_total",
+            "Grafts sent for announced broadcasts that did not arrive in time.",
+            st.tree_grafts,
         ),
     ];
     for (name, help, v) in counters {

@@ -1520,21 +1520,24 @@ fn metrics_move_with_traffic() {
     assert!(a4.get("rs2p_api_watch_events_total", &[]) >= 1.0);
     assert_eq!(a4.get("rs2p_api_watch_dropped_total", &[]), 0.0);
 
-    // A third node linked to both: b no longer relays a's broadcasts to c
-    // (a sent them to c itself).
+    // A third node linked to both: a's broadcasts reach c twice (from a
+    // and through b) until the broadcast tree prunes a link.
     let b_target = format!("127.0.0.1:{}", b.port);
     let c = Node::start(&["--connect", &target, "--connect", &b_target]);
     until("c to join both", || {
         (c.metrics().get("rs2p_peers", &[("kind", "rs2p")]) == 2.0).then_some(())
     });
     let mut i = 0;
-    until("b to prune a relay", || {
+    let saved =
+        |m: &Metrics| m.get("rs2p_tree_prunes_total", &[]) + m.get("rs2p_relays_pruned_total", &[]);
+    until("a relay to be pruned", || {
         i += 1;
         assert_eq!(
             a.json("PUT", &format!("/v1/kv/tri{i}"), &json!(i)).status,
             200
         );
-        (b.metrics().get("rs2p_relays_pruned_total", &[]) > 0.0).then_some(())
+        let total: f64 = [&a, &b, &c].iter().map(|n| saved(&n.metrics())).sum();
+        (total > 0.0).then_some(())
     });
     drop(c);
 
