@@ -271,7 +271,10 @@ async fn the_broadcast_tree_settles_to_one_copy_per_node() {
         }
         last = now_dups;
     }
-    assert!(settled, "duplicates in every batch: the tree did not settle ({last})");
+    assert!(
+        settled,
+        "duplicates in every batch: the tree did not settle ({last})"
+    );
     for n in [a, b, c] {
         n.close().await;
     }

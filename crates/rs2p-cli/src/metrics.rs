@@ -11,6 +11,7 @@
 //! | `rs2p_received_bytes_total` | counter | `type` | their bytes (as on the wire) |
 //! | `rs2p_frames_sent_total` | counter | `type` | frames queued for peers |
 //! | `rs2p_sent_bytes_total` | counter | `type` | their bytes |
+//! | `rs2p_transmitted_bytes_total` | counter | | every byte handed to connections (padding and resends too) |
 //! | `rs2p_broadcasts_received_total` | counter | | new broadcasts from peers |
 //! | `rs2p_duplicate_broadcasts_total` | counter | | broadcasts received again |
 //! | `rs2p_relays_total` | counter | | broadcast frames relayed |
@@ -293,7 +294,12 @@ pub fn render(s: &Snapshot<'_>) -> String {
         &st.bytes_out,
     );
 
-    let counters: [(&str, &str, u64); 11] = [
+    let counters: [(&str, &str, u64); 12] = [
+        (
+            "rs2p_transmitted_bytes_total",
+            "Bytes handed to connections (frames with their length prefixes, padding and resends included).",
+            st.bytes_sent,
+        ),
         (
             "rs2p_broadcasts_received_total",
             "Broadcasts received for the first time.",

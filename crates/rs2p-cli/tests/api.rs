@@ -1488,6 +1488,18 @@ fn metrics_move_with_traffic() {
         b2.get("rs2p_sent_bytes_total", &[("type", "broadcast")])
             > b1.get("rs2p_sent_bytes_total", &[("type", "broadcast")])
     );
+    let sent_by_type: f64 = [
+        "broadcast",
+        "renegotiate",
+        "whisper",
+        "ping",
+        "pong",
+        "other",
+    ]
+    .iter()
+    .map(|t| b2.get("rs2p_sent_bytes_total", &[("type", t)]))
+    .sum();
+    assert!(b2.get("rs2p_transmitted_bytes_total", &[]) >= sent_by_type);
     // a's own writes are not "received writes".
     assert_eq!(
         b2.get("rs2p_write_propagation_seconds_count", &[]),
