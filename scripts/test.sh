@@ -2,7 +2,7 @@
 # Sets up what the tests need (the reference peers py2p and js2p, in the
 # ignored .peers/ folder) and runs every test, lint and doc check of the
 # workspace (the library rs2p, the command rs2p-cli, the harness
-# rs2p-bench).
+# rs2p-bench), then fuzzes the node's HTTP API (scripts/fuzz-api.sh).
 #
 # fmt, clippy and doc stop at the first failure. The tests then run to the
 # end: every test binary runs even when one fails, and the failures are
@@ -34,6 +34,7 @@ run cargo test --locked --workspace --all-targets --no-fail-fast
 run cargo test --locked --workspace --doc --no-fail-fast
 run cargo test --locked -p rs2p --no-default-features --test features
 run scripts/test-node.sh
+run scripts/fuzz-api.sh
 if [ ${#failed[@]} -gt 0 ]; then
     {
         echo

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use tokio::sync::Notify;
 
 use crate::error::{Error, Result};
+use crate::mesh::NodeStats;
 use crate::proto::sync::Meta;
 use crate::value::Value;
 #[cfg(feature = "store")]
@@ -94,6 +95,8 @@ pub(crate) struct Store {
     /// store, if any.
     committed: watch::Receiver<(u64, Option<String>)>,
     committed_tx: Arc<watch::Sender<(u64, Option<String>)>>,
+    /// Commits, their durations by bucket, and their total time (µs).
+    commits: Arc<Mutex<(u64, [u64; 12], u64)>>,
 }
 
 #[cfg(feature = "store")]
@@ -141,6 +144,7 @@ impl Store {
             wake: Arc::new(Notify::new()),
             committed: rx,
             committed_tx: Arc::new(tx),
+            commits: Arc::default(),
         };
         Ok((store, id, entries))
     }
@@ -189,6 +193,7 @@ impl Store {
         if changes.is_empty() {
             return Ok(());
         }
+        let started = std::time::Instant::now();
         let w = self.db.begin_write().map_err(store_err)?;
         {
             let mut t = w.open_table(DATA).map_err(store_err)?;
@@ -206,7 +211,25 @@ impl Store {
         }
         w.commit().map_err(store_err)?;
         self.committed_tx.send_modify(|c| c.0 = seq);
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let mut c = self.commits.lock().unwrap_or_else(|e| e.into_inner());
+        c.0 += 1;
+        c.2 = c.2.saturating_add(micros);
+        if let Some(b) = (0..12).find(|i| micros <= 250 << i) {
+            c.1[b] += 1;
+        }
         Ok(())
+    }
+
+    /// Adds the store's counters to `st`.
+    pub(crate) fn fill_stats(&self, st: &mut NodeStats) {
+        let c = *self.commits.lock().unwrap_or_else(|e| e.into_inner());
+        (
+            st.store_commits,
+            st.store_commit_buckets,
+            st.store_commit_micros,
+        ) = c;
+        st.store_error = self.committed.borrow().1.clone();
     }
 
     /// Runs the committer until `stop` is notified, then commits what is
@@ -270,6 +293,10 @@ impl Store {
     }
 
     pub(crate) fn spawn_committer(&self, _stop: Arc<Notify>) -> tokio::task::JoinHandle<()> {
+        match *self {}
+    }
+
+    pub(crate) fn fill_stats(&self, _st: &mut NodeStats) {
         match *self {}
     }
 }

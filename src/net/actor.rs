@@ -443,7 +443,15 @@ impl Actor {
                 let _ = reply.send(self.node.peers());
             }
             Cmd::Stats { reply } => {
-                let _ = reply.send(self.node.stats());
+                let mut st = self.node.stats();
+                st.send_queue_bytes = self.conns.values().map(|c| c.queued_bytes().0).sum();
+                if let Some(r) = self.node.replica() {
+                    st.tombstones = r.dict().lock().map_or(0, |d| d.tombstones());
+                }
+                if let Some((_, Some(store))) = &self.sync {
+                    store.fill_stats(&mut st);
+                }
+                let _ = reply.send(st);
             }
             Cmd::Disconnect { peer, reply } => {
                 let _ = reply.send(self.node.disconnect(&peer, now));

@@ -91,6 +91,19 @@ impl Packed {
         id
     }
 
+    /// The message type (the array's first element, when it is a small
+    /// positive int as every message has it).
+    pub fn msg_type(&self) -> Option<u8> {
+        let m = self.msgpack();
+        let at = match m.first()? {
+            0x90..=0x9f => 1,
+            0xdc => 3,
+            0xdd => 5,
+            _ => return None,
+        };
+        m.get(at).copied().filter(|t| *t < 0x80)
+    }
+
     /// The packed msgpack array.
     pub fn msgpack(&self) -> &[u8] {
         &self.body[32..]

@@ -156,6 +156,23 @@ pub struct NodeArgs {
     /// Speak JSON lines on stdin/stdout instead of running the shell.
     #[arg(long)]
     pub json: bool,
+
+    /// The HTTP API (`rs2p get`, `rs2p status`, ... and /metrics): IP:PORT
+    /// (port 0 picks a free port), or `off`. Default: 127.0.0.1:4480, and
+    /// when that port is taken the node says so and runs without the API;
+    /// an address given here must be free. An address other than loopback
+    /// needs --api-token-file.
+    #[arg(long, value_name = "IP:PORT|off")]
+    pub api: Option<crate::api::ApiAddr>,
+
+    /// A file whose first line is the API's token: every request then needs
+    /// `Authorization: Bearer <token>`.
+    #[arg(long, value_name = "FILE")]
+    pub api_token_file: Option<std::path::PathBuf>,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub api_limits: crate::api::ApiLimits,
 }
 
 /// Options of `rs2p demo`.

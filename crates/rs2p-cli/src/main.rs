@@ -10,10 +10,14 @@ use tracing_subscriber::EnvFilter;
 
 use crate::args::{DemoArgs, NodeArgs, TlsKeygenArgs};
 
+mod api;
 mod args;
+mod client;
 mod demo;
 mod json;
+mod metrics;
 mod node;
+mod remote_shell;
 mod shell;
 mod values;
 
@@ -66,6 +70,9 @@ enum Command {
     /// `rs2p node --transport ssl --tls-cert FILE --tls-key FILE`, and print
     /// its SHA-256 fingerprint (what other nodes pass to --tls-pin).
     TlsKeygen(TlsKeygenArgs),
+    /// Client commands: talk to a running node's HTTP API (--endpoint).
+    #[command(flatten)]
+    Client(client::ClientCommand),
 }
 
 /// The long help's appendix of `rs2p node`: the JSON interface in short.
@@ -152,6 +159,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => rs2p_bench::harness::run(&rt, args),
         Command::BenchNode(args) => rs2p_bench::node::run(&rt, args),
         Command::TlsKeygen(args) => node::tls_keygen(&args),
+        Command::Client(cmd) => client::run(&rt, cmd),
     };
     // Threads blocked on stdin or the terminal must not hold the exit.
     rt.shutdown_background();

@@ -19,6 +19,8 @@ pub struct Node {
     connect: Vec<HostPort>,
     /// The browser page server (`--http-port`), alive as long as the node.
     _web: Option<rs2p::web::WebServer>,
+    /// The HTTP API (`--api`), alive as long as the node.
+    api: Option<crate::api::Api>,
 }
 
 impl Node {
@@ -30,6 +32,11 @@ impl Node {
     /// This node's id.
     pub fn id(&self) -> &str {
         self.sync.id()
+    }
+
+    /// The API's bound address, when it runs.
+    pub fn api_addr(&self) -> Option<std::net::SocketAddr> {
+        self.api.as_ref().map(crate::api::Api::local_addr)
     }
 
     /// Dials the `--connect` nodes. Each mode calls this once it listens
@@ -99,11 +106,19 @@ pub async fn start(args: &NodeArgs) -> Result<Node, String> {
         }
         None => None,
     };
+    let api = match crate::api::from_args(args, &sync, &subnet).await {
+        Ok(api) => api,
+        Err(e) => {
+            sync.close().await;
+            return Err(e);
+        }
+    };
     Ok(Node {
         sync,
         subnet,
         connect: args.connect.clone(),
         _web: web,
+        api,
     })
 }
 
@@ -161,6 +176,9 @@ pub async fn headless(node: Node) -> ExitCode {
     {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "listening on {} as {}", node.addr(), node.id());
+        if let Some(api) = node.api_addr() {
+            let _ = writeln!(out, "api on http://{api}");
+        }
         let _ = out.flush();
     }
     signals.recv().await;

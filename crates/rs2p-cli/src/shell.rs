@@ -157,7 +157,7 @@ async fn print_events<P: ExternalPrinter + Send + 'static>(
 }
 
 /// Splits off the first word.
-fn word(s: &str) -> (&str, &str) {
+pub(crate) fn word(s: &str) -> (&str, &str) {
     let s = s.trim_start();
     match s.find(char::is_whitespace) {
         Some(i) => (&s[..i], &s[i..]),
@@ -166,7 +166,7 @@ fn word(s: &str) -> (&str, &str) {
 }
 
 /// Splits off a key: a word, or a JSON string or `{"$bin":"<hex>"}`.
-fn key(s: &str) -> Result<(Vec<u8>, &str), String> {
+pub(crate) fn key(s: &str) -> Result<(Vec<u8>, &str), String> {
     let s = s.trim_start();
     if s.is_empty() {
         return Err("missing KEY".into());
@@ -186,7 +186,7 @@ fn key(s: &str) -> Result<(Vec<u8>, &str), String> {
 }
 
 /// A typed value: JSON when it parses, else the text as a string.
-fn value(s: &str) -> Result<Value, String> {
+pub(crate) fn value(s: &str) -> Result<Value, String> {
     let s = s.trim();
     if s.is_empty() {
         return Err("missing VALUE".into());

@@ -23,6 +23,12 @@ impl Mesh {
 
     // ----- sending -----
 
+    /// Counts a state-transfer frame (a whisper) queued by the replica.
+    pub(crate) fn transfer_sent(&mut self, bytes: usize) {
+        self.stats.sent(main::WHISPER, bytes);
+        self.stats.state_transfer_bytes_out += bytes as u64;
+    }
+
     /// Queues a frame; remembered for `resend`.
     pub(super) fn send_frame(&mut self, conn: ConnId, frame: Bytes, now: Now) {
         self.send_frames(conn, std::slice::from_ref(&frame), now);
@@ -67,6 +73,8 @@ impl Mesh {
             return;
         };
         let frame = packed.to_frame(c.method_for(packed.body().len()));
+        self.stats
+            .sent(packed.msg_type().unwrap_or(u8::MAX), frame.len());
         self.send_frame(conn, frame, now);
     }
 
@@ -174,6 +182,7 @@ impl Mesh {
                     f
                 }
             };
+            self.stats.sent(main::BROADCAST, frame.len());
             self.send_frame(conn, frame, now);
         }
     }
@@ -210,6 +219,7 @@ impl Mesh {
         c.last_recv = now.elapsed;
         c.probed = false;
         let c = &*c;
+        let wire_len = body.len() + 4;
         // Most broadcasts arrive several times (every neighbour relays
         // them). An uncompressed one whose id we already hold is dropped
         // before hashing and parsing it; a forged id only loses the
@@ -219,6 +229,7 @@ impl Mesh {
             let mut id = [0u8; 32];
             id.copy_from_slice(&body[..32]);
             if self.seen.contains(&id) {
+                self.stats.received(main::BROADCAST, wire_len);
                 self.stats.duplicate_broadcasts += 1;
                 self.duplicate_from(conn, now);
                 return Upcall::Done;
@@ -242,6 +253,10 @@ impl Mesh {
                 return Upcall::Done;
             }
         };
+        self.stats.received(msg.msg_type, wire_len);
+        if msg.msg_type == main::WHISPER && msg.sub_flag() == Some(sub::STORE) {
+            self.stats.state_transfer_bytes_in += wire_len as u64;
+        }
         let packet = Packet::parse(&msg);
         match &packet {
             Packet::Compression(list) => {

@@ -435,7 +435,9 @@ impl Mesh {
             Value::Array(methods),
         ];
         let packed = Packed::new(main::WHISPER, &self.cfg.id, now.unix, &payload);
-        self.send_frame(conn, packed.to_frame(None), now);
+        let frame = packed.to_frame(None);
+        self.stats.sent(main::WHISPER, frame.len());
+        self.send_frame(conn, frame, now);
     }
 
     /// A dial or a transport handshake failed.

@@ -1,5 +1,6 @@
 //! The mesh's public types: peer kinds and infos, counters, settings.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::wire::{ids, Compression, Limits};
@@ -68,6 +69,54 @@ pub struct NodeStats {
     /// Relays not sent because the rs2p peer the broadcast came from had
     /// already sent it to that neighbour (see the crate docs).
     pub relays_pruned: u64,
+    /// Frames received, by message type (the main type of the header:
+    /// [`main::BROADCAST`](crate::wire::flags::main::BROADCAST),
+    /// [`main::WHISPER`](crate::wire::flags::main::WHISPER), ...). A frame
+    /// counts once it is decoded, or when it is dropped unread as a
+    /// duplicate broadcast; bad and skipped frames are not here.
+    pub frames_in: BTreeMap<u8, u64>,
+    /// Bytes of the frames in [`frames_in`](Self::frames_in), as received
+    /// (compressed, with their 4-byte length prefixes).
+    pub bytes_in: BTreeMap<u8, u64>,
+    /// Frames queued for peers, by message type (relays included; answers
+    /// to `resend` and padding towards py2p are not counted).
+    pub frames_out: BTreeMap<u8, u64>,
+    /// Bytes of the frames in [`frames_out`](Self::frames_out), as sent.
+    pub bytes_out: BTreeMap<u8, u64>,
+    /// Bytes of state transfers sent: the keys a sync node sends a peer
+    /// that joins.
+    pub state_transfer_bytes_out: u64,
+    /// Bytes of whispered stores received: state transfers from peers (and
+    /// rs2p peers' answers to refused writes).
+    pub state_transfer_bytes_in: u64,
+    /// Bytes waiting in the connections' send queues now.
+    pub send_queue_bytes: usize,
+    /// Tombstones held (a sync node's deleted keys, kept for a while).
+    pub tombstones: usize,
+    /// Transactions committed by the durable store (with a data dir).
+    pub store_commits: u64,
+    /// Store commits by duration: bucket `i` counts the commits that took
+    /// at most 250 µs × 2^i (250 µs to 512 ms); the commits that took
+    /// longer are in [`store_commits`](Self::store_commits) only.
+    pub store_commit_buckets: [u64; 12],
+    /// Total time of the store commits, in microseconds.
+    pub store_commit_micros: u64,
+    /// The error that stopped the durable store, if any (writes then fail).
+    pub store_error: Option<String>,
+}
+
+impl NodeStats {
+    /// Counts a received frame of `bytes` bytes.
+    pub(crate) fn received(&mut self, msg_type: u8, bytes: usize) {
+        *self.frames_in.entry(msg_type).or_default() += 1;
+        *self.bytes_in.entry(msg_type).or_default() += bytes as u64;
+    }
+
+    /// Counts a frame queued for a peer.
+    pub(crate) fn sent(&mut self, msg_type: u8, bytes: usize) {
+        *self.frames_out.entry(msg_type).or_default() += 1;
+        *self.bytes_out.entry(msg_type).or_default() += bytes as u64;
+    }
 }
 
 /// What the mesh rules need to know about the node.

@@ -550,6 +550,7 @@ fn send_transfer(mesh: &mut Mesh, conn: ConnId, items: &[TransferItem], now: Now
         );
         let frame = packed.to_frame(mesh.send_method(conn, packed.body().len()));
         chunk_len += frame.len();
+        mesh.transfer_sent(frame.len());
         chunk.push(frame);
         if chunk_len >= TRANSFER_CHUNK {
             mesh.send_frames(conn, &std::mem::take(&mut chunk), now);
