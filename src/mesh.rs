@@ -1,9 +1,8 @@
 //! [`MeshSocket`]: a node of an unstructured p2p-today mesh.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use tokio::net::TcpListener;
@@ -14,7 +13,9 @@ use tokio_stream::StreamExt;
 
 use crate::config::MeshConfig;
 use crate::error::{Error, Result};
-use crate::net::actor::{self, Cmd, SyncParts};
+use crate::net::actor;
+use crate::net::cmd::{Cmd, Inner, RecvQueue, SyncParts};
+pub use crate::net::cmd::{MeshEvent, Message};
 use crate::value::Value;
 use crate::wire::flags::{main, sub};
 use crate::wire::{ids, MessageId};
@@ -25,122 +26,6 @@ const CMD_CAPACITY: usize = 1024;
 const EVENT_CAPACITY: usize = 1024;
 
 pub use crate::proto::mesh::{NodeStats, PeerInfo, PeerKind};
-
-/// Something that happened to the node.
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub enum MeshEvent {
-    /// The first peer joined an empty routing table (the references'
-    /// `connect` event).
-    Connected,
-    /// A peer finished its handshake.
-    PeerJoined {
-        /// Its id.
-        id: String,
-        /// Its advertised address.
-        addr: Option<(String, u16)>,
-    },
-    /// A peer left the routing table.
-    PeerLeft {
-        /// Its id.
-        id: String,
-    },
-    /// A user message was queued (the references' `message` event).
-    Message(Message),
-    /// This subscriber fell behind and missed that many events (the stream
-    /// goes on with the next one).
-    Lagged {
-        /// Events missed.
-        missed: u64,
-    },
-}
-
-/// A user message received by the node.
-#[derive(Clone)]
-pub struct Message {
-    pub(crate) msg_type: u8,
-    pub(crate) sender: Vec<u8>,
-    pub(crate) time: i64,
-    pub(crate) id: MessageId,
-    pub(crate) packets: Vec<Value>,
-    /// Its size on the wire, for the receive queue's byte bound.
-    pub(crate) size: usize,
-    pub(crate) socket: Weak<Inner>,
-}
-
-impl std::fmt::Debug for Message {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Message")
-            .field("sender", &self.sender())
-            .field("time", &self.time)
-            .field("packets", &self.packets)
-            .finish()
-    }
-}
-
-impl Message {
-    /// The creator's id.
-    pub fn sender(&self) -> String {
-        String::from_utf8_lossy(&self.sender).into_owned()
-    }
-    /// The creation time, unix seconds.
-    pub fn time(&self) -> i64 {
-        self.time
-    }
-    /// The message id (SHA-256 of its packed bytes).
-    pub fn id(&self) -> MessageId {
-        self.id
-    }
-    /// True for a broadcast, false for a whisper.
-    pub fn is_broadcast(&self) -> bool {
-        self.msg_type == main::BROADCAST
-    }
-    /// The payload as the references expose it: packet 0 is the sub-flag
-    /// (0 for a user broadcast, 2 for a whisper), then the user's packets.
-    pub fn packets(&self) -> &[Value] {
-        &self.packets
-    }
-    /// The user's packets, without the sub-flag.
-    pub fn body(&self) -> &[Value] {
-        self.packets.get(1..).unwrap_or(&[])
-    }
-    /// Answers the sender: a whisper when it is a neighbour, else through
-    /// the request/response route mechanism.
-    pub async fn reply(&self, packets: Vec<Value>) -> Result<()> {
-        let inner = self.socket.upgrade().ok_or(Error::Closed)?;
-        let mut payload = Vec::with_capacity(packets.len() + 1);
-        payload.push(Value::from(sub::WHISPER));
-        payload.extend(packets);
-        let (reply, rx) = oneshot::channel();
-        inner
-            .cmd
-            .send(Cmd::Reply {
-                peer: self.sender.clone(),
-                payload,
-                reply,
-            })
-            .await
-            .map_err(|_| Error::Closed)?;
-        rx.await.map_err(|_| Error::Closed)?
-    }
-}
-
-pub(crate) struct Inner {
-    pub(crate) cmd: mpsc::Sender<Cmd>,
-    id: String,
-    protocol_id: String,
-    local_addr: SocketAddr,
-    out_addr: (String, u16),
-    queue: Arc<Mutex<RecvQueue>>,
-    queue_notify: Arc<Notify>,
-    /// Signalled by connection writers after each write (see
-    /// [`MeshSocket::wait_for_room`]).
-    drained: Arc<Notify>,
-    /// Taken at [`MeshSocket::close`]: once the actor's sender is gone too,
-    /// every event stream ends.
-    events: Mutex<Option<broadcast::Sender<MeshEvent>>>,
-    actor: Mutex<Option<tokio::task::JoinHandle<()>>>,
-}
 
 /// A mesh node: a cheap, cloneable, `Send + Sync` handle to a background
 /// actor.
@@ -216,7 +101,7 @@ impl MeshSocket {
             crate::config::Transport::Ssl => Arc::new(crate::net::tls::Tls::new(&cfg.tls)?),
             crate::config::Transport::Ws => Arc::new(crate::net::ws::Ws::new(cfg.limits.max_frame)),
         };
-        let shared = actor::Shared {
+        let shared = crate::net::cmd::Shared {
             inner: Arc::downgrade(&inner),
             queue,
             queue_notify,
@@ -474,38 +359,6 @@ impl MeshSocket {
     /// True once [`close`](Self::close) has run (or the actor ended).
     pub fn is_closed(&self) -> bool {
         self.inner.cmd.is_closed()
-    }
-}
-
-/// The received user messages waiting for `recv`, bounded by count and by
-/// bytes.
-#[derive(Default)]
-pub(crate) struct RecvQueue {
-    items: VecDeque<Message>,
-    bytes: usize,
-}
-
-impl RecvQueue {
-    /// Queues a message, dropping the oldest while over either bound.
-    pub(crate) fn push(&mut self, m: Message, max_count: usize, max_bytes: usize) {
-        while !self.items.is_empty()
-            && (self.items.len() >= max_count || self.bytes + m.size > max_bytes)
-        {
-            self.pop();
-        }
-        self.bytes += m.size;
-        self.items.push_back(m);
-    }
-
-    fn pop(&mut self) -> Option<Message> {
-        let m = self.items.pop_front()?;
-        self.bytes -= m.size;
-        Some(m)
-    }
-
-    fn take_all(&mut self) -> Vec<Message> {
-        self.bytes = 0;
-        self.items.drain(..).collect()
     }
 }
 

@@ -5,25 +5,23 @@
 //! protocol rule.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, mpsc, oneshot, Notify};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinSet;
 
 use crate::config::MeshConfig;
 use crate::error::{Error, Result};
-use crate::mesh::{Inner, MeshEvent, Message, NodeStats, PeerInfo};
+use crate::net::cmd::{Cmd, Handler, MeshEvent, Message, Shared, SyncEvent, SyncParts};
 use crate::net::conn::{self, ConnEvent, ConnHandle, ConnSettings, SendError};
 use crate::net::transport::{Io, Transport};
-use crate::proto::replica::{Change, Replica, Room};
+use crate::proto::replica::{Change, Room};
 use crate::proto::{ConnId, Event, Node, Now, Output, Received};
 use crate::store::{Store, Stored};
-use crate::sync::SyncEvent;
 use crate::value::Value;
-use crate::wire::MessageId;
 
 /// Capacity of the channel from connection tasks to the actor (each
 /// message is the frames of one read; readers also stop reading while
@@ -57,80 +55,6 @@ impl Clock {
             unix: unix_now(),
         }
     }
-}
-
-/// A request to the actor.
-pub(crate) enum Cmd {
-    Connect {
-        host: String,
-        port: u16,
-        reply: oneshot::Sender<Result<()>>,
-    },
-    Send {
-        msg_type: u8,
-        payload: Vec<Value>,
-        /// The id, and whether a peer's queue is now more than half full.
-        reply: oneshot::Sender<(MessageId, bool)>,
-    },
-    Whisper {
-        peer: Vec<u8>,
-        payload: Vec<Value>,
-        reply: oneshot::Sender<Result<()>>,
-    },
-    Reply {
-        peer: Vec<u8>,
-        payload: Vec<Value>,
-        reply: oneshot::Sender<Result<()>>,
-    },
-    Peers {
-        reply: oneshot::Sender<Vec<PeerInfo>>,
-    },
-    Stats {
-        reply: oneshot::Sender<NodeStats>,
-    },
-    Disconnect {
-        peer: Vec<u8>,
-        reply: oneshot::Sender<bool>,
-    },
-    Block {
-        peer: Vec<u8>,
-        blocked: bool,
-        reply: oneshot::Sender<()>,
-    },
-    /// Whether some peer's send queue is more than half full.
-    Crowded {
-        reply: oneshot::Sender<bool>,
-    },
-    /// A sync write: a store (nil deletes) or, with `delta`, a merge.
-    Write {
-        key: Vec<u8>,
-        value: Value,
-        delta: bool,
-        /// The store sequence number of the change (0 without a store) and
-        /// whether a peer's queue is now more than half full.
-        reply: oneshot::Sender<Result<(u64, bool)>>,
-    },
-    AddHandler(Handler),
-    Close,
-}
-
-/// A user handler: sees messages before they are queued; `true` claims one.
-pub(crate) type Handler = Box<dyn FnMut(&Message) -> bool + Send>;
-
-/// What a sync node's actor needs beyond the mesh.
-pub(crate) struct SyncParts {
-    pub replica: Replica,
-    pub events: broadcast::Sender<SyncEvent>,
-    pub store: Option<Store>,
-}
-
-/// What the actor shares with the [`MeshSocket`](crate::MeshSocket) handle.
-pub(crate) struct Shared {
-    pub inner: Weak<Inner>,
-    pub queue: Arc<Mutex<crate::mesh::RecvQueue>>,
-    pub queue_notify: Arc<Notify>,
-    pub drained: Arc<Notify>,
-    pub events: broadcast::Sender<MeshEvent>,
 }
 
 /// A dial, or the transport handshake of an accepted connection, ended.

@@ -3,6 +3,7 @@
 //! and a writer task with a bounded queue.
 
 pub(crate) mod actor;
+pub(crate) mod cmd;
 pub(crate) mod conn;
 pub(crate) mod tls;
 pub(crate) mod transport;

@@ -11,7 +11,8 @@ use tokio_stream::StreamExt;
 use crate::config::SyncConfig;
 use crate::error::{Error, Result};
 use crate::mesh::MeshSocket;
-use crate::net::actor::{Cmd, SyncParts};
+pub use crate::net::cmd::SyncEvent;
+use crate::net::cmd::{Cmd, SyncParts};
 use crate::proto::dict::Dict;
 use crate::proto::replica::Replica;
 use crate::proto::sync::Meta;
@@ -20,32 +21,6 @@ use crate::value::Value;
 
 /// Events buffered per subscriber.
 const EVENT_CAPACITY: usize = 4096;
-
-/// A change to the dictionary, local or remote.
-#[derive(Clone, Debug, PartialEq)]
-#[non_exhaustive]
-pub enum SyncEvent {
-    /// A key was set or merged into.
-    Update {
-        /// The key.
-        key: Vec<u8>,
-        /// Its new value.
-        value: Value,
-        /// The writer in force.
-        meta: Meta,
-    },
-    /// A key was deleted.
-    Delete {
-        /// The key.
-        key: Vec<u8>,
-    },
-    /// This subscriber fell behind and missed that many events (the stream
-    /// goes on with the next one; [`SyncSocket::entries`] has the state).
-    Lagged {
-        /// Events missed.
-        missed: u64,
-    },
-}
 
 fn key_text(key: &[u8]) -> String {
     String::from_utf8_lossy(key).into_owned()
