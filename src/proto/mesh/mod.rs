@@ -38,7 +38,7 @@ pub const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 pub const REDIAL_FOR: Duration = Duration::from_secs(3600);
 /// First wait before a node short of outgoing links asks for peers again;
 /// the wait doubles up to `MAX_REFRESH`, and starts over when a peer leaves.
-const FIRST_REFRESH: Duration = Duration::from_secs(1);
+const FIRST_REFRESH: Duration = Duration::from_millis(250);
 const MAX_REFRESH: Duration = Duration::from_secs(60);
 /// Pending route requests kept (reply to a non-neighbour).
 const MAX_PENDING_REQUESTS: usize = 1024;
