@@ -88,6 +88,28 @@
 //!   with frames queued) is not made up by the other path, only by the
 //!   state transfer when the two reconnect. py2p and js2p peers never see
 //!   the message and are relayed to as before;
+//! - between rs2p peers that list the capability values 0x2d and 0x2e in
+//!   their handshake (after the 0x2f marker; the references drop unknown
+//!   values when they intersect compression lists), broadcasts follow a
+//!   **broadcast tree** (eager push on tree links, 8-byte id announcements
+//!   on the others, graft and prune: [`proto::mesh`]'s `tree` module,
+//!   sub-flags 0x29-0x2b), and dictionaries are **reconciled** instead of
+//!   sent whole: on connect, every 30 s, and when a peer is lost
+//!   ([`proto::reconcile`], sub-flags 0x2d-0x2e). Links to rs2p and py2p
+//!   peers silent for 10 s are **probed** (rs2p: sub-flag 0x2c; py2p: the
+//!   peers request `'*'`) and dropped after 30 s of silence. py2p and js2p
+//!   never receive any of these messages;
+//! - refuses a local write whose value a peer or the store could not read
+//!   back (nested deeper than 63 levels, or in a message over the frame
+//!   limit) with [`Error::ValueTooDeep`] / [`Error::ValueTooLarge`], and
+//!   skips, without dropping the link, a peer's frame over a limit (py2p
+//!   has none);
+//! - takes writes dated more than 300 s ahead of its clock as dated 300 s
+//!   ahead (py2p and js2p take the lease as dated, even years ahead);
+//! - answers a live write it refuses under the lease rule, when it comes
+//!   from an rs2p peer, with its own version and lease start, so two rs2p
+//!   nodes that wrote a key in different seconds settle it by the merge
+//!   rule while connected;
 //! - can keep its dictionary and id on disk ([`SyncConfig::data_dir`]);
 //! - over TLS ("SSL"), accepts any certificate by default and does not check
 //!   the handshake signature either ([`config::TlsVerify::AcceptAny`]): that
