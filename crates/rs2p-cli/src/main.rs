@@ -12,8 +12,10 @@ use crate::args::{DemoArgs, NodeArgs, TlsKeygenArgs};
 
 mod args;
 mod demo;
+mod human;
 mod json;
 mod node;
+mod probe;
 mod shell;
 mod values;
 
@@ -25,8 +27,9 @@ mod values;
 #[derive(Debug, Parser)]
 #[command(name = "rs2p", version, propagate_version = true)]
 struct Cli {
-    /// More log output on stderr: -v info, -vv debug, -vvv trace (default:
-    /// warnings only; RUST_LOG, when set, overrides this).
+    /// More log output on stderr: -v info (and connections refused for
+    /// another subnet), -vv debug, -vvv trace (default: warnings only;
+    /// RUST_LOG, when set, overrides this).
     #[arg(short, long, action = ArgAction::Count, global = true)]
     verbose: u8,
 
@@ -95,7 +98,9 @@ Shell (a terminal on stdin, no --json): type `help` at the `rs2p>` prompt.";
 
 fn init_logging(verbose: u8) {
     let default = match verbose {
-        0 => "warn",
+        // Connections refused for another subnet are logged from -v on:
+        // `rs2p node --connect` explains its own by subnet name.
+        0 => "warn,rs2p::proto::mesh::peers=error",
         1 => "info",
         2 => "debug",
         _ => "trace",

@@ -399,11 +399,22 @@ fn two_json_nodes() {
     // lease_held: B writes A's key once A's write is in the past (within
     // the same second the smaller id may win the tie).
     wait_until_after(t_greeting);
-    let msg = b.fails(
-        json!({"op": "set", "key": "greeting", "value": "mine"}),
-        "lease_held",
-    );
+    let reply = b.req(json!({"op": "set", "key": "greeting", "value": "mine"}));
+    let error = &reply["error"];
+    assert_eq!(error["kind"], "lease_held", "{reply}");
+    // The whole id and the unix time, for programs; the duration left and
+    // a hint (B has no --data-dir) in words.
+    assert_eq!(error["owner"], la.id.as_str(), "{reply}");
+    assert_eq!(error["expires_at"], t_greeting + 3600, "{reply}");
+    let msg = error["message"].as_str().unwrap_or_default();
     assert!(msg.contains(&la.id), "{msg}");
+    assert!(msg.contains(" m more"), "{msg}");
+    assert!(
+        error["hint"]
+            .as_str()
+            .is_some_and(|h| h.contains("--data-dir")),
+        "{reply}"
+    );
     b.alive();
     b.fails(json!({"op": "del", "key": "greeting"}), "lease_held");
     b.alive();
@@ -414,10 +425,23 @@ fn two_json_nodes() {
 
     // not_a_mapping, key_not_found.
     a.ok(json!({"op": "set", "key": "n", "value": 5}));
-    a.fails(
+    let msg = a.fails(
         json!({"op": "apply_delta", "key": "n", "delta": {"k": 1}}),
         "not_a_mapping",
     );
+    assert!(msg.contains("holds an int, not a map"), "{msg}");
+    a.alive();
+    // The delta itself is not a map: said so, whatever the key holds.
+    for key in ["n", "newmap"] {
+        let msg = a.fails(
+            json!({"op": "apply_delta", "key": key, "delta": "notjson"}),
+            "not_a_mapping",
+        );
+        assert!(msg.contains("the delta for key"), "{msg}");
+        assert!(msg.contains("is a string, not a map"), "{msg}");
+        assert!(!msg.contains("holds"), "{msg}");
+    }
+    assert_eq!(a.ok(json!({"op": "get", "key": "newmap"}))["found"], false);
     a.alive();
     a.fails(json!({"op": "del", "key": "missing"}), "key_not_found");
     a.alive();
@@ -435,6 +459,8 @@ fn two_json_nodes() {
         r#"{"op":"wait","key":"k","value":1,"absent":true}"#,
         r#"{"op":"update","items":[]}"#,
         r#"{"op":"broadcast","packets":"x"}"#,
+        // Beyond 64 bits: JSON readers would make it the float 1e20.
+        r#"{"op":"set","key":"big","value":99999999999999999999}"#,
         r#"{"id":3}"#,
         "[1,2]",
         "\"op\"",
@@ -552,6 +578,117 @@ fn unreachable_connect_fails_startup() {
         stderr.contains(&format!("cannot connect to {target}")),
         "{stderr}"
     );
+}
+
+/// A scratch path under the temporary directory (nothing is created).
+fn scratch(name: &str) -> std::path::PathBuf {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    std::env::temp_dir().join(format!("rs2p-cli-{name}-{}-{nanos}", std::process::id()))
+}
+
+/// Start-up failures name what was wrong and what to do; data-dir
+/// failures are not reported as listen failures.
+#[test]
+fn startup_errors_say_what_and_what_to_do() {
+    let fails = |args: &[&str], code: i32| {
+        let out = run_with_input(args, "");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}: {out:?}");
+        stderr
+    };
+
+    // --data-dir names a file.
+    let file = scratch("file");
+    std::fs::write(&file, "x").expect("scratch file");
+    let path = file.to_string_lossy().into_owned();
+    let err = fails(&["node", "--json", "--data-dir", &path], 1);
+    assert!(err.contains(&path), "{err}");
+    assert!(err.contains("is a file, not a directory"), "{err}");
+    assert!(err.contains("hint: "), "{err}");
+    assert!(!err.contains("cannot listen"), "{err}");
+    // ... or a folder below a file: the operating system's reason.
+    let below = format!("{path}/sub");
+    let err = fails(&["node", "--json", "--data-dir", &below], 1);
+    assert!(
+        err.contains(&below) && err.contains("Not a directory"),
+        "{err}"
+    );
+    let _ = std::fs::remove_file(&file);
+
+    // --data-dir in use by another node.
+    let dir = scratch("in-use");
+    let dir_s = dir.to_string_lossy().into_owned();
+    let (mut first, _) = Proc::json_node("first", &["--data-dir", &dir_s]);
+    let err = fails(&["node", "--json", "--data-dir", &dir_s], 1);
+    assert!(err.contains(&dir_s), "{err}");
+    assert!(
+        err.contains("another node already uses this data dir"),
+        "{err}"
+    );
+    assert!(!err.contains("cannot listen"), "{err}");
+    first.ok(json!({"op": "close"}));
+    assert!(first.exit_status().success());
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // The listening address: a port in use, a port out of range, a name.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let listen = format!("127.0.0.1:{port}");
+    let err = fails(&["node", "--json", "--listen", &listen], 1);
+    assert!(err.contains(&format!("cannot listen on {listen}")), "{err}");
+    assert!(err.contains("another program already listens"), "{err}");
+    drop(taken);
+    let err = fails(&["node", "--listen", "127.0.0.1:99999"], 2);
+    assert!(
+        err.contains("port 99999 is out of range (0-65535)"),
+        "{err}"
+    );
+    let (mut named, l) = Proc::json_node("named", &["--listen", "localhost:0"]);
+    assert!(l.port != 0, "{}", l.addr);
+    named.ok(json!({"op": "close"}));
+    assert!(named.exit_status().success());
+}
+
+/// `--connect` to a node on another subnet or transport fails start-up
+/// with both named, and what to change.
+#[test]
+fn connect_to_another_subnet_or_transport_fails_startup() {
+    let (mut a, la) = Proc::json_node("plain", &[]);
+    let target = format!("127.0.0.1:{}", la.port);
+    let fails = |args: &[&str]| {
+        let mut all = vec!["node", "--json", "--connect", &target];
+        all.extend_from_slice(args);
+        let out = run_with_input(&all, "");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}: {out:?}");
+        stderr
+    };
+    let err = fails(&["--subnet", "other"]);
+    assert!(
+        err.contains(&format!("cannot connect to {target}")),
+        "{err}"
+    );
+    assert!(
+        err.contains("subnet sync1") && err.contains("other1"),
+        "{err}"
+    );
+    assert!(err.contains("--subnet sync"), "{err}");
+    assert!(!err.contains("WARN"), "no log line with hashes: {err}");
+    let err = fails(&["--no-leasing"]);
+    assert!(
+        err.contains("sync0") && err.contains("without --no-leasing"),
+        "{err}"
+    );
+    let err = fails(&["--transport", "ssl"]);
+    assert!(err.contains("this peer speaks plaintext"), "{err}");
+    assert!(err.contains("try --transport plaintext"), "{err}");
+    a.alive();
+    a.ok(json!({"op": "close"}));
+    assert!(a.exit_status().success());
 }
 
 #[cfg(unix)]
