@@ -897,6 +897,56 @@ fn interactive_shell() {
     sh.expect("rs2p> ").expect("prompt after an error");
     sh.send_line("bogus").expect("send");
     sh.expect("unknown command").expect("unknown command");
+    sh.expect("rs2p> ").expect("prompt");
+
+    // Output up to the next prompt, after one command.
+    fn run(sh: &mut impl Expect, line: &str) -> String {
+        sh.send_line(line).expect("send");
+        let seen = sh
+            .expect("rs2p> ")
+            .unwrap_or_else(|e| panic!("{line}: {e}"));
+        String::from_utf8_lossy(seen.before()).into_owned()
+    }
+    // Strict values: null (a delete), integers beyond 64 bits, broken JSON
+    // are refused, with what to do; -s stores any text as a string.
+    let out = run(&mut sh, "SET nul null");
+    assert!(out.contains("error: null would delete nul"), "{out}");
+    assert!(out.contains("`del nul`"), "{out}");
+    let out = run(&mut sh, "set big 99999999999999999999");
+    assert!(
+        out.contains("error: integer 99999999999999999999 is out of range"),
+        "{out}"
+    );
+    let out = run(&mut sh, "set br {bad json");
+    assert!(out.contains("error: VALUE is not valid JSON"), "{out}");
+    assert!(out.contains("set -s"), "{out}");
+    let out = run(&mut sh, "get br");
+    assert!(out.contains("(not found)"), "{out}");
+    assert!(run(&mut sh, "set -s br {bad json").contains("ok"));
+    assert!(run(&mut sh, "Get br").contains("\"{bad json\""));
+    // A delta that is not a map is named as such.
+    let out = run(&mut sh, "delta newmap \"text\"");
+    assert!(out.contains("the delta is a str, not a map"), "{out}");
+    // Keys print so that they can be typed back; patterns select them.
+    assert!(run(&mut sh, "set \"two words\" 2").contains("ok"));
+    assert!(run(&mut sh, "set user:1 one").contains("ok"));
+    assert!(run(&mut sh, "set user:2 two").contains("ok"));
+    let out = run(&mut sh, "KEYS");
+    assert!(out.contains("\"two words\""), "{out}");
+    let out = run(&mut sh, "keys user:*");
+    assert!(out.contains("user:1") && out.contains("user:2"), "{out}");
+    assert!(!out.contains("greeting"), "{out}");
+    let out = run(&mut sh, "items user:?");
+    assert!(out.contains("user:1 = \"one\"  (by this node, "), "{out}");
+    assert!(out.contains(" ago)"), "{out}");
+    assert!(!out.contains("t="), "{out}");
+    // Tab completes commands, then keys.
+    sh.send("ge\t").expect("send");
+    sh.send("greet\t").expect("send");
+    sh.send_line("").expect("send");
+    sh.expect("\"hello\"").expect("get greeting, completed");
+    sh.expect("rs2p> ").expect("prompt");
+    run(&mut sh, "clear");
 
     sh.send_line(format!("connect 127.0.0.1:{}", lp.port))
         .expect("send");
@@ -928,12 +978,40 @@ fn interactive_shell() {
         std::thread::sleep(POLL);
     }
 
-    // watch prints the peer's writes as they happen.
+    // The peer's key is leased to it: the refusal says for how long, with
+    // the id shortened, and why a restarted node may be locked out.
+    let short = format!("{}…{}", &lp.id[..4], &lp.id[lp.id.len() - 4..]);
+    wait_until_after(dump_meta(&peer.ok(json!({"op": "dump"})), "from_peer").1);
+    let out = run(&mut sh, "set from_peer 1");
+    assert!(
+        out.contains(&format!("key \"from_peer\" is leased by {short} for ")),
+        "{out}"
+    );
+    assert!(out.contains(" m more"), "{out}");
+    assert!(out.contains("only with --data-dir"), "{out}");
+    assert!(!out.contains(&lp.id), "{out}");
+
+    // watch prints the peer's writes, and peers joining and leaving, as
+    // they happen.
     sh.send_line("watch").expect("send");
     sh.expect("watching updates: on").expect("watch on");
     sh.expect("rs2p> ").expect("prompt");
     peer.ok(json!({"op": "set", "key": "live", "value": 42}));
-    sh.expect("[update] live = 42").expect("watched update");
+    sh.expect(format!("[update] live = 42  (by {short})"))
+        .expect("watched update");
+    let shell_addr = banner
+        .split("listening on ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("the shell's address in its banner")
+        .to_string();
+    let (mut third, l3) = Proc::json_node("third", &["--connect", &shell_addr]);
+    let short3 = format!("{}…{}", &l3.id[..4], &l3.id[l3.id.len() - 4..]);
+    sh.expect(format!("[peer joined] {short3}"))
+        .expect("watched join");
+    third.ok(json!({"op": "close"}));
+    sh.expect(format!("[peer left] {short3}"))
+        .expect("watched leave");
 
     sh.send_line("quit").expect("send");
     sh.expect(Eof).expect("the shell exits");
@@ -951,7 +1029,15 @@ fn interactive_shell() {
         status.starts_with("Exited(") && status.ends_with(", 0)"),
         "{status}"
     );
-    peer.event("peer_left", |e| e["event"] == "peer_left");
+    let shell_id = banner
+        .split("rs2p node ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("the shell's id in its banner")
+        .to_string();
+    peer.event("the shell's peer_left", |e| {
+        e["event"] == "peer_left" && e["id"] == shell_id.as_str()
+    });
 }
 
 /// `rs2p tls-keygen` writes a certificate and key and prints the
