@@ -88,7 +88,8 @@ JSON interface (--json):
     close (EOF on stdin does the same; the process exits 0)
   Replies: {\"ok\":true, ...} or {\"ok\":false,\"error\":{\"kind\":K,\"message\":M}} with K one of
     bad_request, timeout, lease_held, not_a_mapping, key_not_found, closed, io, config,
-    unknown_peer, value, store.
+    unknown_peer, value, store; lease_held errors also carry owner, expires_at (unix time)
+    and, without --data-dir, a hint.
   Events: update {key, value, owner, timestamp}, delete {key}, peer_joined {id, addr},
     peer_left {id}, as {\"event\":NAME, ...}.
   Values are JSON (integers stay integers); bytes are {\"$bin\":\"<hex>\"}. Keys are strings
