@@ -2,6 +2,8 @@
 //! big the offending thing was and what the limit is.
 
 use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Errors converting a [`Value`](crate::Value) to or from Rust types.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -142,6 +144,118 @@ impl DecodeError {
     }
 }
 
+/// What went wrong with the durable store behind
+/// [`SyncConfig::data_dir`](crate::SyncConfig::data_dir). Every variant
+/// names the path involved: the data dir itself, or the database file in
+/// it (`rs2p.redb`).
+///
+/// ```
+/// use rs2p::StoreError;
+/// let e = StoreError::InUse { path: "/var/lib/rs2p".into() };
+/// assert_eq!(e.kind(), "in_use");
+/// assert_eq!(e.path(), std::path::Path::new("/var/lib/rs2p"));
+/// assert!(e.to_string().contains("/var/lib/rs2p"));
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The data dir exists and is not a directory (a file, say).
+    NotADirectory {
+        /// The data dir.
+        path: PathBuf,
+    },
+    /// Another node, in this process or another one, has the data dir's
+    /// database open (the database file is locked while a node uses it).
+    InUse {
+        /// The data dir.
+        path: PathBuf,
+    },
+    /// The operating system refused to create, open, read or write a path
+    /// (permissions, a full disk, a parent that is a file, ...).
+    Io {
+        /// The directory or file.
+        path: PathBuf,
+        /// What was being done: `create`, `open`, `read`, `write`.
+        action: &'static str,
+        /// The operating system's error (also the error's
+        /// [`source`](std::error::Error::source)).
+        source: Arc<io::Error>,
+    },
+    /// The database refused: it is damaged, from an unknown version, or a
+    /// transaction failed.
+    Database {
+        /// The database file.
+        path: PathBuf,
+        /// The database's error (also the error's
+        /// [`source`](std::error::Error::source)).
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::NotADirectory { path } => {
+                write!(f, "data dir {} is not a directory", path.display())
+            }
+            StoreError::InUse { path } => write!(
+                f,
+                "data dir {} is in use by another node (its database is locked)",
+                path.display()
+            ),
+            StoreError::Io {
+                path,
+                action,
+                source,
+            } => write!(f, "cannot {action} {}: {source}", path.display()),
+            StoreError::Database { path, source } => {
+                write!(f, "database {} failed: {source}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StoreError::Io { source, .. } => Some(&**source),
+            StoreError::Database { source, .. } => Some(&**source),
+            _ => None,
+        }
+    }
+}
+
+impl StoreError {
+    /// The path involved (the data dir, or the database file in it).
+    pub fn path(&self) -> &Path {
+        match self {
+            StoreError::NotADirectory { path }
+            | StoreError::InUse { path }
+            | StoreError::Io { path, .. }
+            | StoreError::Database { path, .. } => path,
+        }
+    }
+
+    /// A short, stable, snake_case name of the failure: `not_a_directory`,
+    /// `in_use`, `io` or `database`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::NotADirectory { .. } => "not_a_directory",
+            StoreError::InUse { .. } => "in_use",
+            StoreError::Io { .. } => "io",
+            StoreError::Database { .. } => "database",
+        }
+    }
+
+    /// The operating system's error, for [`StoreError::Io`].
+    pub fn io_error(&self) -> Option<&io::Error> {
+        match self {
+            StoreError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
 /// Errors of the mesh and sync layers.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -183,9 +297,12 @@ pub enum Error {
     /// A value conversion failed.
     #[error(transparent)]
     Value(#[from] ValueError),
-    /// The durable store failed.
+    /// The durable store ([`SyncConfig::data_dir`](crate::SyncConfig::data_dir))
+    /// could not be opened, read or written; the [`StoreError`] names the
+    /// path and keeps the operating system's or the database's error as
+    /// its source.
     #[error("store error: {0}")]
-    Store(String),
+    Store(#[from] StoreError),
     /// A value nests deeper than every node can read back (peers decode
     /// at most [`Limits::max_depth`](crate::wire::Limits) levels, the store
     /// one less): refused before anything is written.

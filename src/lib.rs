@@ -136,7 +136,7 @@ pub mod web;
 pub mod wire;
 
 pub use config::{MeshConfig, SyncConfig, Transport};
-pub use error::{DecodeError, Error, Result, ValueError};
+pub use error::{DecodeError, Error, Result, StoreError, ValueError};
 pub use mesh::{EventStream, MeshEvent, MeshSocket, Message, NodeStats, PeerInfo, PeerKind};
 pub use proto::sync::Meta;
 pub use sync::{SyncEvent, SyncEventStream, SyncSocket};

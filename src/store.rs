@@ -9,6 +9,8 @@
 //! durable. Under concurrent writers many sets share one fsync.
 
 use std::path::Path;
+#[cfg(feature = "store")]
+use std::path::PathBuf;
 use std::sync::Arc;
 #[cfg(feature = "store")]
 use std::sync::Mutex;
@@ -21,6 +23,8 @@ use redb::{Database, ReadableTable, TableDefinition};
 use tokio::sync::watch;
 use tokio::sync::Notify;
 
+#[cfg(feature = "store")]
+use crate::error::StoreError;
 use crate::error::{Error, Result};
 use crate::mesh::NodeStats;
 use crate::proto::sync::Meta;
@@ -89,45 +93,92 @@ struct Pending {
 #[derive(Clone)]
 pub(crate) struct Store {
     db: Arc<Database>,
+    /// The database file, for error messages.
+    file: Arc<PathBuf>,
     pending: Arc<Mutex<Pending>>,
     wake: Arc<Notify>,
     /// The last durable sequence number, and the error that stopped the
     /// store, if any.
-    committed: watch::Receiver<(u64, Option<String>)>,
-    committed_tx: Arc<watch::Sender<(u64, Option<String>)>>,
+    committed: watch::Receiver<(u64, Option<StoreError>)>,
+    committed_tx: Arc<watch::Sender<(u64, Option<StoreError>)>>,
     /// Commits, their durations by bucket, and their total time (µs).
     commits: Arc<Mutex<(u64, [u64; 12], u64)>>,
 }
 
+/// The database file in a data dir.
 #[cfg(feature = "store")]
-fn store_err(e: impl std::fmt::Display) -> Error {
-    Error::Store(e.to_string())
+const DB_FILE: &str = "rs2p.redb";
+
+/// A database error on `file` (in the data dir `dir`) as a [`StoreError`]:
+/// a locked database is [`StoreError::InUse`], an operating system error
+/// [`StoreError::Io`] (doing `action`), anything else
+/// [`StoreError::Database`].
+#[cfg(feature = "store")]
+fn db_error(dir: &Path, file: &Path, action: &'static str, e: impl Into<redb::Error>) -> Error {
+    let e = match e.into() {
+        redb::Error::DatabaseAlreadyOpen => StoreError::InUse {
+            path: dir.to_path_buf(),
+        },
+        redb::Error::Io(source) => io_error(file, action, source),
+        other => StoreError::Database {
+            path: file.to_path_buf(),
+            source: Arc::new(other),
+        },
+    };
+    Error::Store(e)
+}
+
+/// An operating system error on `path`, while doing `action`.
+#[cfg(feature = "store")]
+fn io_error(path: &Path, action: &'static str, source: std::io::Error) -> StoreError {
+    StoreError::Io {
+        path: path.to_path_buf(),
+        action,
+        source: Arc::new(source),
+    }
 }
 
 #[cfg(feature = "store")]
 impl Store {
     /// Opens (or creates) the store in `dir`; returns it, the saved node id
-    /// and every saved key.
+    /// and every saved key. Every failure is an [`Error::Store`] naming the
+    /// path.
     pub(crate) fn open(dir: &Path) -> Result<(Store, Option<String>, Loaded)> {
-        std::fs::create_dir_all(dir)?;
-        let db = Database::create(dir.join("rs2p.redb")).map_err(store_err)?;
+        match std::fs::metadata(dir) {
+            Ok(m) if !m.is_dir() => {
+                return Err(Error::Store(StoreError::NotADirectory {
+                    path: dir.to_path_buf(),
+                }))
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(dir).map_err(|e| io_error(dir, "create", e))?;
+            }
+            Err(e) => return Err(Error::Store(io_error(dir, "open", e))),
+        }
+        let file = dir.join(DB_FILE);
+        let db = Database::create(&file).map_err(|e| db_error(dir, &file, "open", e))?;
+        let read_err = |e: redb::Error| db_error(dir, &file, "read", e);
         let mut id = None;
         let mut entries = Vec::new();
         {
-            let w = db.begin_write().map_err(store_err)?;
+            let w = db
+                .begin_write()
+                .map_err(|e| db_error(dir, &file, "write", e))?;
             {
-                let _ = w.open_table(DATA).map_err(store_err)?;
-                let _ = w.open_table(NODE).map_err(store_err)?;
+                let write_err = |e: redb::TableError| db_error(dir, &file, "write", e);
+                let _ = w.open_table(DATA).map_err(write_err)?;
+                let _ = w.open_table(NODE).map_err(write_err)?;
             }
-            w.commit().map_err(store_err)?;
-            let r = db.begin_read().map_err(store_err)?;
-            let node = r.open_table(NODE).map_err(store_err)?;
-            if let Some(v) = node.get("id").map_err(store_err)? {
+            w.commit().map_err(|e| db_error(dir, &file, "write", e))?;
+            let r = db.begin_read().map_err(|e| read_err(e.into()))?;
+            let node = r.open_table(NODE).map_err(|e| read_err(e.into()))?;
+            if let Some(v) = node.get("id").map_err(|e| read_err(e.into()))? {
                 id = Some(v.value().to_string());
             }
-            let data = r.open_table(DATA).map_err(store_err)?;
-            for row in data.iter().map_err(store_err)? {
-                let (k, v) = row.map_err(store_err)?;
+            let data = r.open_table(DATA).map_err(|e| read_err(e.into()))?;
+            for row in data.iter().map_err(|e| read_err(e.into()))? {
+                let (k, v) = row.map_err(|e| read_err(e.into()))?;
                 match Stored::decode(v.value()) {
                     Some(s) => entries.push((k.value().to_vec(), s)),
                     None => tracing::warn!("unreadable stored entry skipped"),
@@ -137,6 +188,7 @@ impl Store {
         let (tx, rx) = watch::channel((0, None));
         let store = Store {
             db: Arc::new(db),
+            file: Arc::new(file),
             pending: Arc::new(Mutex::new(Pending {
                 changes: IndexMap::new(),
                 seq: 0,
@@ -149,14 +201,20 @@ impl Store {
         Ok((store, id, entries))
     }
 
+    /// A database error while writing.
+    fn write_err(&self, e: impl Into<redb::Error>) -> Error {
+        let dir = self.file.parent().unwrap_or(Path::new("."));
+        db_error(dir, &self.file, "write", e)
+    }
+
     /// Saves the node id (at once, durably).
     pub(crate) fn save_id(&self, id: &str) -> Result<()> {
-        let w = self.db.begin_write().map_err(store_err)?;
+        let w = self.db.begin_write().map_err(|e| self.write_err(e))?;
         {
-            let mut t = w.open_table(NODE).map_err(store_err)?;
-            t.insert("id", id).map_err(store_err)?;
+            let mut t = w.open_table(NODE).map_err(|e| self.write_err(e))?;
+            t.insert("id", id).map_err(|e| self.write_err(e))?;
         }
-        w.commit().map_err(store_err)
+        w.commit().map_err(|e| self.write_err(e))
     }
 
     /// Records a change (None: the key is gone for good); returns the
@@ -194,22 +252,22 @@ impl Store {
             return Ok(());
         }
         let started = std::time::Instant::now();
-        let w = self.db.begin_write().map_err(store_err)?;
+        let w = self.db.begin_write().map_err(|e| self.write_err(e))?;
         {
-            let mut t = w.open_table(DATA).map_err(store_err)?;
+            let mut t = w.open_table(DATA).map_err(|e| self.write_err(e))?;
             for (k, v) in &changes {
                 match v {
                     Some(s) => {
                         t.insert(k.as_slice(), s.encode().as_slice())
-                            .map_err(store_err)?;
+                            .map_err(|e| self.write_err(e))?;
                     }
                     None => {
-                        t.remove(k.as_slice()).map_err(store_err)?;
+                        t.remove(k.as_slice()).map_err(|e| self.write_err(e))?;
                     }
                 }
             }
         }
-        w.commit().map_err(store_err)?;
+        w.commit().map_err(|e| self.write_err(e))?;
         self.committed_tx.send_modify(|c| c.0 = seq);
         let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let mut c = self.commits.lock().unwrap_or_else(|e| e.into_inner());
@@ -229,7 +287,7 @@ impl Store {
             st.store_commit_buckets,
             st.store_commit_micros,
         ) = c;
-        st.store_error = self.committed.borrow().1.clone();
+        st.store_error = self.committed.borrow().1.as_ref().map(ToString::to_string);
     }
 
     /// Runs the committer until `stop` is notified, then commits what is
@@ -247,15 +305,22 @@ impl Store {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {
                         tracing::error!("store commit failed: {e}");
-                        store
-                            .committed_tx
-                            .send_modify(|c| c.1 = Some(e.to_string()));
+                        let e = match e {
+                            Error::Store(e) => e,
+                            other => StoreError::Database {
+                                path: store.file.to_path_buf(),
+                                source: Arc::new(other),
+                            },
+                        };
+                        store.committed_tx.send_modify(|c| c.1 = Some(e));
                     }
                     Err(e) => {
                         tracing::error!("store committer failed: {e}");
-                        store
-                            .committed_tx
-                            .send_modify(|c| c.1 = Some(e.to_string()));
+                        let e = StoreError::Database {
+                            path: store.file.to_path_buf(),
+                            source: Arc::new(e),
+                        };
+                        store.committed_tx.send_modify(|c| c.1 = Some(e));
                     }
                 }
                 if stopping {

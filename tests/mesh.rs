@@ -160,35 +160,35 @@ async fn sixteen_node_chain_becomes_a_mesh_and_floods_once() {
             .await
             .unwrap();
     }
-    wait_until(
-        "every node has at least 2 peers",
-        Duration::from_secs(30),
-        || async {
-            for n in &nodes {
-                if peer_count(n).await < 2 {
-                    return false;
-                }
-            }
-            true
-        },
-    )
-    .await;
-    // Connected: every node reaches every other through the routing tables.
-    let mut adj = Vec::new();
-    for n in &nodes {
-        let ids: Vec<String> = n.peers().await.unwrap().into_iter().map(|p| p.id).collect();
-        adj.push(ids);
-    }
-    let index = |id: &str| nodes.iter().position(|n| n.id() == id).unwrap();
-    let mut reached = [false; 16];
-    let mut stack = vec![0];
-    while let Some(i) = stack.pop() {
-        if std::mem::replace(&mut reached[i], true) {
-            continue;
+    // Connected: every node has at least 2 peers and reaches every other
+    // through the routing tables. Each end lists a link once it has the
+    // other's handshake, so a snapshot can miss a link one end has not
+    // finished yet: wait for the tables, with a deadline.
+    let index = |id: &str| nodes.iter().position(|n| n.id() == id);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut adj = Vec::new();
+        for n in &nodes {
+            let ids: Vec<String> = n.peers().await.unwrap().into_iter().map(|p| p.id).collect();
+            adj.push(ids);
         }
-        stack.extend(adj[i].iter().map(|id| index(id)));
+        let mut reached = [false; 16];
+        let mut stack = vec![0];
+        while let Some(i) = stack.pop() {
+            if std::mem::replace(&mut reached[i], true) {
+                continue;
+            }
+            stack.extend(adj[i].iter().filter_map(|id| index(id)));
+        }
+        if adj.iter().all(|a| a.len() >= 2) && reached.iter().all(|r| *r) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no connected mesh with 2 peers each after 30 s: {adj:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(reached.iter().all(|r| *r), "mesh is not connected: {adj:?}");
 
     nodes[15].send(vec![Value::from("flood")]).await.unwrap();
     for n in &nodes[..15] {

@@ -644,7 +644,11 @@ async fn health(State(st): St) -> ApiResult {
     }
     let stats = st.sync.mesh().stats().await?;
     if let Some(e) = stats.store_error {
-        return Err(Error::Store(e).into());
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store",
+            format!("store error: {e}"),
+        ));
     }
     ok(json!({"status": "ok"}))
 }

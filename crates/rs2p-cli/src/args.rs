@@ -1,7 +1,6 @@
 //! The options of the subcommands, and the `HOST:PORT` type they share.
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::str::FromStr;
 
 use clap::{Args, ValueEnum};
@@ -36,6 +35,15 @@ pub enum TransportArg {
 }
 
 impl TransportArg {
+    /// The `--transport` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            TransportArg::Plaintext => "plaintext",
+            TransportArg::Ssl => "ssl",
+            TransportArg::Ws => "ws",
+        }
+    }
+
     /// The library's transport.
     pub fn to_transport(self) -> rs2p::Transport {
         match self {
@@ -70,9 +78,10 @@ impl FromStr for HostPort {
         if host.is_empty() {
             return Err(format!("`{s}` has no host"));
         }
-        let port = port
-            .parse::<u16>()
-            .map_err(|_| format!("`{port}` is not a port (0-65535)"))?;
+        let port = match port.parse::<u64>() {
+            Ok(p) => u16::try_from(p).map_err(|_| format!("port {p} is out of range (0-65535)"))?,
+            Err(_) => return Err(format!("`{port}` is not a port number (0-65535)")),
+        };
         Ok(HostPort {
             host: host.to_string(),
             port,
@@ -93,9 +102,10 @@ impl fmt::Display for HostPort {
 /// Options of `rs2p node`.
 #[derive(Debug, Args)]
 pub struct NodeArgs {
-    /// Address to listen on (port 0 picks a free port).
+    /// Address to listen on: an IP address or a host name (resolved), and
+    /// a port (0 picks a free port).
     #[arg(short, long, value_name = "HOST:PORT", default_value = "127.0.0.1:0")]
-    pub listen: SocketAddr,
+    pub listen: HostPort,
 
     /// A node to connect to at startup (repeatable). Startup fails when one
     /// cannot be reached.
@@ -122,10 +132,12 @@ pub struct NodeArgs {
     #[arg(long, value_name = "PORT")]
     pub http_port: Option<u16>,
 
-    /// Address advertised to peers (default: the listening address, or
-    /// 127.0.0.1 when listening on 0.0.0.0).
+    /// Address advertised to peers, as an IP address or a host name
+    /// (resolved here) and port (default: the listening address, or
+    /// 127.0.0.1 when listening on 0.0.0.0). Give it when other hosts are
+    /// to reach this node.
     #[arg(long, value_name = "HOST:PORT")]
-    pub out_addr: Option<SocketAddr>,
+    pub out_addr: Option<HostPort>,
 
     /// Keep the dictionary and the node id in this folder, so that a
     /// restarted node (even after a crash) has every acknowledged write and
@@ -196,6 +208,11 @@ mod tests {
         assert_eq!(hp.to_string(), "[::1]:5");
         assert!("nope".parse::<HostPort>().is_err());
         assert!(":1".parse::<HostPort>().is_err());
-        assert!("h:70000".parse::<HostPort>().is_err());
+        let e = "127.0.0.1:99999".parse::<HostPort>().unwrap_err();
+        assert_eq!(e, "port 99999 is out of range (0-65535)");
+        let e = "h:http".parse::<HostPort>().unwrap_err();
+        assert!(e.contains("not a port number"), "{e}");
+        let hp: HostPort = "localhost:0".parse().unwrap();
+        assert_eq!((hp.host.as_str(), hp.port), ("localhost", 0));
     }
 }

@@ -175,12 +175,17 @@ async fn lease_refusal(nodes: &[SyncSocket]) -> Result<(), String> {
         tokio::time::sleep(to_next + Duration::from_millis(5)).await;
     }
     println!(
-        "node1: set greeting = \"mine now\" (node0 wrote it at t={})",
-        meta.timestamp
+        "node1: set greeting = \"mine now\" (node0 wrote it {})",
+        crate::human::age(meta.timestamp, crate::human::unix_now())
     );
     match nodes[1].set("greeting", "mine now").await {
         Err(e @ Error::LeaseHeld { .. }) => {
-            println!("refused (lease held): {e}");
+            // The demo's nodes are gone at exit: no hint about --data-dir.
+            let ctx = crate::human::Context { durable: true };
+            println!(
+                "refused (lease held): {} (node0)",
+                crate::human::describe(&e, ctx)
+            );
             println!(
                 "greeting is still {} on node1",
                 nodes[1]

@@ -43,7 +43,12 @@
 //! `not_a_mapping`, `key_not_found`, `closed`, `io`, `config`,
 //! `unknown_peer`, `value`, `store`), or `bad_request` for a line that is
 //! not JSON, not an object, has an unknown op or a missing or invalid
-//! field, or `timeout` for a `wait`.
+//! field, or holds an integer beyond 64 bits (which JSON readers turn into
+//! a float), or `timeout` for a `wait`. A `lease_held` error also has
+//! `owner` (the whole node id) and `expires_at` (unix seconds), and, on a
+//! node without `--data-dir`, a `hint`. `not_a_mapping` comes both for a
+//! key that holds something else than a map and for a delta that is not a
+//! JSON object; the message says which.
 //!
 //! Events: `{"event":"update","key","value","owner","timestamp"}`,
 //! `{"event":"delete","key"}`, `{"event":"peer_joined","id","addr"}`,
@@ -59,7 +64,9 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 
 use crate::node::{Node, Signals};
-use crate::values::{json_kind, json_to_key, json_to_value, key_to_json, value_to_json};
+use crate::values::{
+    check_integers, json_kind, json_to_key, json_to_value, key_to_json, value_to_json,
+};
 
 /// Lines waiting for the stdout writer.
 const OUT_QUEUE: usize = 1024;
@@ -72,11 +79,13 @@ const MAX_EVENTS_BEFORE_REPLY: usize = 1024;
 /// How often `wait` re-checks even without an event.
 const WAIT_POLL: Duration = Duration::from_millis(50);
 
-/// A failed request: the error kind and a message.
+/// A failed request: the error kind, a message, and fields that say more
+/// (a lease's `owner` and `expires_at`).
 #[derive(Debug)]
 pub struct ReqError {
     kind: &'static str,
     message: String,
+    extra: Fields,
 }
 
 impl ReqError {
@@ -84,15 +93,30 @@ impl ReqError {
         ReqError {
             kind: "bad_request",
             message: message.into(),
+            extra: Fields::new(),
         }
     }
 }
 
 impl From<Error> for ReqError {
     fn from(e: Error) -> ReqError {
+        let mut extra = Fields::new();
+        let message = match &e {
+            Error::LeaseHeld {
+                owner, expires_at, ..
+            } => {
+                extra.insert("owner".into(), json!(owner));
+                extra.insert("expires_at".into(), json!(expires_at));
+                let left = crate::human::duration(expires_at - crate::human::unix_now());
+                format!("{e}, for {left} more")
+            }
+            Error::NotAMapping { key, found } => crate::human::not_a_map(key, found),
+            _ => e.to_string(),
+        };
         ReqError {
             kind: e.kind(),
-            message: e.to_string(),
+            message,
+            extra,
         }
     }
 }
@@ -348,15 +372,19 @@ fn error_reply(id: Option<&Json>, e: &ReqError) -> Json {
         reply.insert("id".into(), id.clone());
     }
     reply.insert("ok".into(), Json::Bool(false));
-    reply.insert(
-        "error".into(),
-        json!({"kind": e.kind, "message": e.message}),
-    );
+    let mut error = Fields::new();
+    error.insert("kind".into(), json!(e.kind));
+    error.insert("message".into(), json!(e.message));
+    error.extend(e.extra.clone());
+    reply.insert("error".into(), Json::Object(error));
     Json::Object(reply)
 }
 
 /// Answers one line; `true` when the node is to close.
 async fn handle_line(node: &Node, line: &str) -> (Json, bool) {
+    if let Err(e) = check_integers(line) {
+        return (error_reply(None, &ReqError::bad(e)), false);
+    }
     let parsed: Json = match serde_json::from_str(line) {
         Ok(j) => j,
         Err(e) => {
@@ -404,7 +432,18 @@ async fn handle_line(node: &Node, line: &str) -> (Json, bool) {
             reply.extend(extra);
             (Json::Object(reply), op == "close")
         }
-        Err(e) => (error_reply(request_id, &e), false),
+        Err(mut e) => {
+            if e.kind == "lease_held" && !node.context().durable {
+                e.extra.insert(
+                    "hint".into(),
+                    json!(
+                        "if the owner was this node before a restart: a node keeps its id \
+                         (and its leases) across restarts only with --data-dir"
+                    ),
+                );
+            }
+            (error_reply(request_id, &e), false)
+        }
     }
 }
 
@@ -436,6 +475,20 @@ async fn handle(node: &Node, req: &Req<'_>) -> Result<Fields, ReqError> {
         "apply_delta" => {
             let key = req.key()?;
             let delta = req.value("delta")?;
+            if !matches!(delta, Value::Map(_)) {
+                // The library says the same with found = the delta's kind,
+                // which reads as if the key held it.
+                return Err(ReqError {
+                    kind: "not_a_mapping",
+                    message: format!(
+                        "the delta for key {} is {}, not a map: apply_delta merges a JSON \
+                         object into the map at the key",
+                        key_to_json(&key),
+                        json_kind(req.field("delta")?)
+                    ),
+                    extra: Fields::new(),
+                });
+            }
             sync.apply_delta(key, delta).await?;
         }
         "get" => found(&mut r, sync.get(req.key()?)),
@@ -577,6 +630,7 @@ async fn wait(node: &Node, req: &Req<'_>) -> Result<u128, ReqError> {
                 (None, _) => "to be set".to_string(),
             };
             return Err(ReqError {
+                extra: Fields::new(),
                 kind: "timeout",
                 message: format!(
                     "waited {timeout_ms} ms for key {} {what}",

@@ -14,9 +14,11 @@ mod api;
 mod args;
 mod client;
 mod demo;
+mod human;
 mod json;
 mod metrics;
 mod node;
+mod probe;
 mod remote_shell;
 mod shell;
 mod values;
@@ -29,8 +31,9 @@ mod values;
 #[derive(Debug, Parser)]
 #[command(name = "rs2p", version, propagate_version = true)]
 struct Cli {
-    /// More log output on stderr: -v info, -vv debug, -vvv trace (default:
-    /// warnings only; RUST_LOG, when set, overrides this).
+    /// More log output on stderr: -v info (and connections refused for
+    /// another subnet), -vv debug, -vvv trace (default: warnings only;
+    /// RUST_LOG, when set, overrides this).
     #[arg(short, long, action = ArgAction::Count, global = true)]
     verbose: u8,
 
@@ -92,7 +95,8 @@ JSON interface (--json):
     close (EOF on stdin does the same; the process exits 0)
   Replies: {\"ok\":true, ...} or {\"ok\":false,\"error\":{\"kind\":K,\"message\":M}} with K one of
     bad_request, timeout, lease_held, not_a_mapping, key_not_found, closed, io, config,
-    unknown_peer, value, store.
+    unknown_peer, value, store; lease_held errors also carry owner, expires_at (unix time)
+    and, without --data-dir, a hint.
   Events: update {key, value, owner, timestamp}, delete {key}, peer_joined {id, addr},
     peer_left {id}, as {\"event\":NAME, ...}.
   Values are JSON (integers stay integers); bytes are {\"$bin\":\"<hex>\"}. Keys are strings
@@ -102,7 +106,9 @@ Shell (a terminal on stdin, no --json): type `help` at the `rs2p>` prompt.";
 
 fn init_logging(verbose: u8) {
     let default = match verbose {
-        0 => "warn",
+        // Connections refused for another subnet are logged from -v on:
+        // `rs2p node --connect` explains its own by subnet name.
+        0 => "warn,rs2p::proto::mesh::peers=error",
         1 => "info",
         2 => "debug",
         _ => "trace",

@@ -3,11 +3,21 @@
 //! tls-keygen`.
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use crate::args::{HostPort, NodeArgs, TlsKeygenArgs};
+use crate::human::{self, Context};
+use crate::probe::{self, Probe};
 use rs2p::config::{TlsConfig, TlsIdentity, TlsVerify};
-use rs2p::{SyncConfig, SyncSocket};
+use rs2p::{Error, MeshEvent, SyncConfig, SyncSocket};
+use tokio_stream::StreamExt;
+
+/// How long a dialled peer has to complete its handshake.
+const JOIN_WAIT: Duration = Duration::from_secs(10);
+/// How often the dial looks at the connection count meanwhile.
+const JOIN_POLL: Duration = Duration::from_millis(50);
 
 /// A running node and what was configured for it.
 pub struct Node {
@@ -15,6 +25,12 @@ pub struct Node {
     pub sync: SyncSocket,
     /// The full subnet, with the leasing digit (`sync1`).
     pub subnet: String,
+    /// The base subnet (`--subnet`).
+    base_subnet: String,
+    /// The transport's `--transport` name.
+    transport: &'static str,
+    /// The node keeps its data and id in a `--data-dir`.
+    durable: bool,
     /// The nodes to dial at startup (`--connect`).
     connect: Vec<HostPort>,
     /// The browser page server (`--http-port`), alive as long as the node.
@@ -39,28 +55,246 @@ impl Node {
         self.api.as_ref().map(crate::api::Api::local_addr)
     }
 
-    /// Dials the `--connect` nodes. Each mode calls this once it listens
-    /// for events, so that no `peer_joined` is missed. On failure the node
-    /// is closed and the message says which node could not be reached.
+    /// What the hints of [`human::describe`] need to know.
+    pub fn context(&self) -> Context {
+        Context {
+            durable: self.durable,
+        }
+    }
+
+    /// Dials the `--connect` nodes and waits for each to complete its
+    /// handshake. Each mode calls this once it listens for events, so that
+    /// no `peer_joined` is missed. On failure the node is closed and the
+    /// message says which node could not be reached and why.
     pub async fn dial(&self) -> Result<(), String> {
         for peer in &self.connect {
-            if let Err(e) = self.sync.connect(&peer.host, peer.port).await {
+            if let Err(e) = self.join(peer).await {
                 self.sync.close().await;
-                return Err(format!("cannot connect to {peer}: {e}"));
+                return Err(e);
             }
             tracing::info!(%peer, "connected");
         }
         Ok(())
     }
+
+    /// Connects to `peer` and waits until a peer joins (or the connection
+    /// is dropped, or [`JOIN_WAIT`] passes). The error says what went wrong
+    /// and what to do.
+    pub async fn join(&self, peer: &HostPort) -> Result<(), String> {
+        let mesh = self.sync.mesh();
+        let mut events = mesh.events();
+        let before = mesh.stats().await.map_err(|e| e.to_string())?.connections;
+        if let Err(e) = self.sync.connect(&peer.host, peer.port).await {
+            return Err(self.connect_failed(peer, &e).await);
+        }
+        let deadline = tokio::time::Instant::now() + JOIN_WAIT;
+        let dropped = loop {
+            tokio::select! {
+                ev = events.next() => match ev {
+                    Some(MeshEvent::PeerJoined { .. }) => return Ok(()),
+                    Some(_) => {}
+                    None => return Err("the node closed".into()),
+                },
+                () = tokio::time::sleep(JOIN_POLL) => {
+                    let now = mesh.stats().await.map_err(|e| e.to_string())?;
+                    if now.connections <= before {
+                        break true;
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        break false;
+                    }
+                }
+            }
+        };
+        // A join may have come with the poll that saw the drop.
+        loop {
+            let ev = tokio::select! {
+                biased;
+                ev = events.next() => ev,
+                () = std::future::ready(()) => None,
+            };
+            match ev {
+                Some(MeshEvent::PeerJoined { .. }) => return Ok(()),
+                Some(_) => {}
+                None => break,
+            }
+        }
+        Err(self.refused(peer, dropped).await)
+    }
+
+    /// Why `connect` failed, with a hint.
+    async fn connect_failed(&self, peer: &HostPort, e: &Error) -> String {
+        let head = format!("cannot connect to {peer}: {e}");
+        if let Error::Io(io) = e {
+            let hint = match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => {
+                    Some("nothing listens there: check the address and that the node runs")
+                }
+                std::io::ErrorKind::TimedOut => Some("no answer: check the address and firewalls"),
+                _ => None,
+            };
+            if let Some(hint) = hint {
+                return format!("{head}\n  hint: {hint}");
+            }
+        }
+        if self.transport == "plaintext" || head.contains("certificate") {
+            return head;
+        }
+        // A TLS or WebSocket dial to a plaintext node fails in its
+        // handshake; a plaintext node says so by speaking first.
+        match probe::probe(&peer.host, peer.port).await {
+            Probe::Handshake { protocol_id, .. } => {
+                let theirs = probe::name_protocol(&protocol_id, &self.base_subnet)
+                    .map(|n| format!(" (subnet {})", n.subnet))
+                    .unwrap_or_default();
+                format!(
+                    "cannot connect to {peer}: this peer speaks plaintext{theirs}, not {}\n  \
+                     hint: try --transport plaintext",
+                    self.transport
+                )
+            }
+            _ => format!(
+                "{head}\n  hint: the peer may speak another transport than {}: check its --transport",
+                self.transport
+            ),
+        }
+    }
+
+    /// Why the peer at `peer` did not join although the connection opened.
+    async fn refused(&self, peer: &HostPort, dropped: bool) -> String {
+        let ours = format!("subnet {} over {}", self.subnet, self.transport);
+        let what = if dropped {
+            "closed the connection"
+        } else {
+            "sent no handshake"
+        };
+        match probe::probe(&peer.host, peer.port).await {
+            Probe::Handshake { id, .. } if id == self.id() => {
+                format!("cannot connect to {peer}: that is this node's own address")
+            }
+            Probe::Handshake { protocol_id, .. }
+                if protocol_id == self.sync.mesh().protocol_id() =>
+            {
+                format!(
+                    "cannot connect to {peer}: the node there is on this node's {ours} but {what} \
+                     without joining\n  hint: run with -v to see why"
+                )
+            }
+            Probe::Handshake { protocol_id, .. } => {
+                match probe::name_protocol(&protocol_id, &self.base_subnet) {
+                    Some(theirs) => {
+                        let mut hints = subnet_hints(&theirs.subnet, &self.subnet);
+                        if theirs.transport != self.transport {
+                            hints.push(format!("with --transport {}", theirs.transport));
+                        }
+                        format!(
+                            "cannot connect to {peer}: it is on subnet {} over {}, this node on {ours}; \
+                             only nodes on the same subnet and transport can talk\n  \
+                             hint: start this node {}",
+                            theirs.subnet,
+                            theirs.transport,
+                            hints.join(", ")
+                        )
+                    }
+                    None => format!(
+                        "cannot connect to {peer}: it is on another subnet or transport than this \
+                         node's {ours} (its protocol id {}, ours {})\n  \
+                         hint: give this node the peer's --subnet, --no-leasing and --transport",
+                        human::short_id(&protocol_id),
+                        human::short_id(self.sync.mesh().protocol_id())
+                    ),
+                }
+            }
+            Probe::Silent if self.transport == "plaintext" => format!(
+                "cannot connect to {peer}: it {what} without a plaintext handshake; it may speak \
+                 TLS or WebSocket\n  hint: try --transport ssl or --transport ws"
+            ),
+            _ => format!(
+                "cannot connect to {peer}: it {what} without joining this node's {ours}\n  \
+                 hint: check its --subnet, --no-leasing and --transport, or run with -v"
+            ),
+        }
+    }
+}
+
+/// What to change in this node's options to go from the full subnet
+/// `ours` to `theirs` (each a base name and a leasing digit, as `sync1`;
+/// `theirs` may also be a mesh subnet without the digit).
+fn subnet_hints(theirs: &str, ours: &str) -> Vec<String> {
+    let split = |s: &str| match s.char_indices().last() {
+        Some((i, d @ ('0' | '1'))) if i > 0 => (s[..i].to_string(), Some(d)),
+        _ => (s.to_string(), None),
+    };
+    let ((their_base, their_digit), (our_base, our_digit)) = (split(theirs), split(ours));
+    let mut hints = Vec::new();
+    if their_base != our_base {
+        hints.push(format!("with --subnet {their_base}"));
+    }
+    match (their_digit, our_digit) {
+        (Some('0'), Some('1')) => hints.push("with --no-leasing".into()),
+        (Some('1'), Some('0')) => hints.push("without --no-leasing".into()),
+        (None, _) => hints.push(format!(
+            "on subnet {theirs} (a mesh subnet: `rs2p node` always appends a leasing digit)"
+        )),
+        _ => {}
+    }
+    hints
+}
+
+/// The first address `hp` resolves to; `what` names the option.
+async fn resolve(hp: &HostPort, what: &str) -> Result<SocketAddr, String> {
+    let mut addrs = tokio::net::lookup_host((hp.host.as_str(), hp.port))
+        .await
+        .map_err(|e| format!("{what} {hp}: cannot resolve `{}`: {e}", hp.host))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("{what} {hp}: `{}` has no address", hp.host))
+}
+
+/// Why binding failed: the address and the reason, with a hint.
+fn bind_failed(listen: &HostPort, addr: SocketAddr, e: &Error) -> String {
+    let shown = if listen.host == addr.ip().to_string() {
+        addr.to_string()
+    } else {
+        format!("{listen} ({addr})")
+    };
+    let head = format!("cannot listen on {shown}: {e}");
+    let hint = match e {
+        Error::Io(io) => match io.kind() {
+            std::io::ErrorKind::AddrInUse => Some(format!(
+                "another program already listens on port {}: choose another --listen port, or \
+                 port 0 for a free one",
+                addr.port()
+            )),
+            std::io::ErrorKind::AddrNotAvailable => Some(format!(
+                "{} is not an address of this machine: listen on one of its addresses, or 0.0.0.0",
+                addr.ip()
+            )),
+            std::io::ErrorKind::PermissionDenied => {
+                Some("ports below 1024 need privileges: choose a port above 1023".to_string())
+            }
+            _ => None,
+        },
+        _ => None,
+    };
+    match hint {
+        Some(h) => format!("{head}\n  hint: {h}"),
+        None => head,
+    }
 }
 
 /// Binds the node described by `args` (`--connect` is for [`Node::dial`]).
+/// Failures of the data dir and of the listening address are told apart.
 pub async fn start(args: &NodeArgs) -> Result<Node, String> {
-    let mut cfg = SyncConfig::new(args.listen)
+    let listen = resolve(&args.listen, "--listen").await?;
+    let mut cfg = SyncConfig::new(listen)
         .with_subnet(args.subnet.clone())
         .with_leasing(!args.no_leasing);
     cfg.mesh.transport = args.transport.to_transport();
-    cfg.mesh.out_addr = args.out_addr;
+    cfg.mesh.out_addr = match &args.out_addr {
+        Some(hp) => Some(resolve(hp, "--out-addr").await?),
+        None => None,
+    };
     cfg.data_dir = args.data_dir.clone();
     let subnet = cfg.mesh_config().subnet;
     if args.http_port.is_some() && cfg.mesh.transport != rs2p::Transport::Ws {
@@ -84,15 +318,16 @@ pub async fn start(args: &NodeArgs) -> Result<Node, String> {
         }
         cfg.mesh.tls = tls;
     }
-    let sync = SyncSocket::bind(cfg)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let sync = SyncSocket::bind(cfg).await.map_err(|e| match &e {
+        Error::Store(se) => human::store_error(se),
+        _ => bind_failed(&args.listen, listen, &e),
+    })?;
     if let Some(fp) = fingerprint {
         eprintln!("rs2p: TLS certificate fingerprint {fp}");
     }
     let web = match args.http_port {
         Some(port) => {
-            let addr = std::net::SocketAddr::new(args.listen.ip(), port);
+            let addr = SocketAddr::new(listen.ip(), port);
             match rs2p::web::serve(addr, &sync).await {
                 Ok(web) => {
                     eprintln!("rs2p: browser page at http://{}/", web.local_addr());
@@ -116,6 +351,9 @@ pub async fn start(args: &NodeArgs) -> Result<Node, String> {
     Ok(Node {
         sync,
         subnet,
+        base_subnet: args.subnet.clone(),
+        transport: args.transport.name(),
+        durable: args.data_dir.is_some(),
         connect: args.connect.clone(),
         _web: web,
         api,

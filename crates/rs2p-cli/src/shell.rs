@@ -1,52 +1,166 @@
 //! The interactive shell of `rs2p node` (stdin is a terminal, no --json).
 //!
-//! Values are typed as JSON (`{"$bin":"<hex>"}` for bytes) and fall back
-//! to a plain string when the text is not valid JSON. A key is a word, or a
-//! JSON string (`"two words"`) or `{"$bin":"<hex>"}`.
+//! Values are typed as JSON (`{"$bin":"<hex>"}` for bytes); text that does
+//! not start like JSON is a plain string, and `set -s` stores any text as a
+//! string. A key is a word, or a JSON string (`"two words"`) or
+//! `{"$bin":"<hex>"}`; keys print the same way, so that what `keys` shows
+//! can be typed back. Commands are case-insensitive, Tab completes
+//! commands and keys.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use rs2p::{SyncEvent, SyncEventStream, Value};
+use rs2p::{MeshEvent, SyncEvent, SyncSocket, Value};
+use rustyline::completion::{Completer, Pair};
 use rustyline::error::ReadlineError;
-use rustyline::{DefaultEditor, ExternalPrinter};
+use rustyline::highlight::Highlighter;
+use rustyline::hint::Hinter;
+use rustyline::history::DefaultHistory;
+use rustyline::validate::Validator;
+use rustyline::{CompletionType, Config, Editor, ExternalPrinter, Helper};
 use serde_json::Value as Json;
 use tokio::runtime::Runtime;
 use tokio_stream::StreamExt;
 
 use crate::args::HostPort;
+use crate::human;
 use crate::node::{Node, Signals};
-use crate::values::{json_to_key, json_to_value, key_display, value_to_json};
+use crate::values::{
+    check_integers, glob_match, json_to_key, json_to_value, key_display, key_shell, value_to_json,
+};
 
 const PROMPT: &str = "rs2p> ";
 
 const HELP: &str = "\
-commands:
-  set KEY VALUE        set a key (VALUE is JSON, else a plain string)
+commands (case-insensitive; Tab completes commands and keys):
+  set KEY VALUE        set a key; VALUE is JSON (1, 2.5, true, \"text\", [..], {..})
+                       or, when it does not start like JSON, plain text
+  set -s KEY TEXT      set a key to TEXT as a string, whatever it looks like
   get KEY              show a key's value
   del KEY              delete a key
-  keys                 list the keys
-  items                list keys, values, owners and write times
+  keys [PATTERN]       list the keys (PATTERN: * any text, ? one character)
+  items [PATTERN]      list keys, values, owners and how long ago they were written
   len                  count the keys
   delta KEY JSON       merge a JSON object into the map at KEY
   peers                list the connected peers
-  connect HOST:PORT    connect to a node
-  watch                toggle printing updates and deletes as they happen
+  connect HOST:PORT    connect to a node and wait for it to join
+  watch                toggle printing updates, deletes and peers joining or leaving
   id                   show this node's id, address, subnet and protocol id
+  clear                clear the screen
   help                 show this help
   quit                 close the node and exit (also Ctrl-D or Ctrl-C)
-KEY is a word, a JSON string (\"two words\") or {\"$bin\":\"<hex>\"};
-bytes in values are {\"$bin\":\"<hex>\"}.";
+KEY is a word, a JSON string (\"two words\") or {\"$bin\":\"<hex>\"}, and keys print
+that way too; bytes in values are {\"$bin\":\"<hex>\"}. Text that starts like JSON
+({, [, \", a digit, -digit, true, false) must be valid JSON: quote it (\"1.2.3\") or use
+set -s. Integers are 64-bit. A null value would delete the key (a nil store is a
+delete in this protocol): use del.";
+
+/// The commands, for completion.
+const COMMANDS: [&str; 15] = [
+    "set", "get", "del", "keys", "items", "len", "delta", "peers", "connect", "watch", "id",
+    "clear", "help", "quit", "exit",
+];
+
+/// The commands whose first argument is a key.
+const KEY_COMMANDS: [&str; 4] = ["set", "get", "del", "delta"];
 
 /// What to do after a command.
 enum Flow {
     Continue,
+    Clear,
     Quit,
+}
+
+/// Tab completion of commands and keys.
+struct ShellHelper {
+    sync: SyncSocket,
+}
+
+impl Completer for ShellHelper {
+    type Candidate = Pair;
+
+    fn complete(
+        &self,
+        line: &str,
+        pos: usize,
+        _ctx: &rustyline::Context<'_>,
+    ) -> rustyline::Result<(usize, Vec<Pair>)> {
+        Ok(complete(line, pos, || self.sync.keys().collect()))
+    }
+}
+
+impl Hinter for ShellHelper {
+    type Hint = String;
+}
+
+impl Highlighter for ShellHelper {}
+
+impl Validator for ShellHelper {}
+
+impl Helper for ShellHelper {}
+
+/// Completions of `line` up to `pos`: the start of the word being
+/// completed and the candidates. The first word completes to a command,
+/// the second (after a command taking a key) to a key, as the shell prints
+/// it.
+fn complete(line: &str, pos: usize, keys: impl FnOnce() -> Vec<Vec<u8>>) -> (usize, Vec<Pair>) {
+    let before = &line[..pos];
+    let trimmed = before.trim_start();
+    let offset = before.len() - trimmed.len();
+    let pair = |s: &str, space: bool| Pair {
+        display: s.to_string(),
+        replacement: if space {
+            format!("{s} ")
+        } else {
+            s.to_string()
+        },
+    };
+    match trimmed.find(char::is_whitespace) {
+        None => {
+            let lower = trimmed.to_lowercase();
+            let found = COMMANDS
+                .iter()
+                .filter(|c| c.starts_with(&lower))
+                .map(|c| pair(c, true))
+                .collect();
+            (offset, found)
+        }
+        Some(end) => {
+            let cmd = trimmed[..end].to_lowercase();
+            let rest = &trimmed[end..];
+            let arg = rest.trim_start();
+            let mut arg_start = offset + end + (rest.len() - arg.len());
+            let mut arg = arg;
+            if cmd == "set" && (arg.starts_with("-s ") || arg.starts_with("-s\t")) {
+                let after = arg[2..].trim_start();
+                arg_start += arg.len() - after.len();
+                arg = after;
+            }
+            // Only the first argument, and only while it is being typed.
+            if !KEY_COMMANDS.contains(&cmd.as_str())
+                || arg.contains(char::is_whitespace) && !arg.starts_with('"')
+            {
+                return (pos, Vec::new());
+            }
+            let mut found: Vec<Pair> = keys()
+                .iter()
+                .map(|k| key_shell(k))
+                .filter(|shown| shown.starts_with(arg))
+                .map(|shown| pair(&shown, true))
+                .collect();
+            found.sort_by(|a, b| a.display.cmp(&b.display));
+            (arg_start, found)
+        }
+    }
 }
 
 /// Runs the shell until `quit`, Ctrl-D, Ctrl-C at the prompt, or a signal.
 pub fn run(rt: &Runtime, node: Node) -> std::process::ExitCode {
-    let mut editor = match DefaultEditor::new() {
+    let config = Config::builder()
+        .completion_type(CompletionType::List)
+        .auto_add_history(false)
+        .build();
+    let mut editor = match Editor::<ShellHelper, DefaultHistory>::with_config(config) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("rs2p: cannot start the line editor: {e}");
@@ -54,14 +168,21 @@ pub fn run(rt: &Runtime, node: Node) -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    editor.set_helper(Some(ShellHelper {
+        sync: node.sync.clone(),
+    }));
     let watch = Arc::new(AtomicBool::new(false));
-    let events = node.sync.events();
+    let events = Events {
+        sync: node.sync.events(),
+        mesh: node.sync.mesh().events(),
+    };
+    let me = node.id().to_string();
     match editor.create_external_printer() {
         Ok(printer) => {
-            rt.spawn(print_events(events, Some(printer), watch.clone()));
+            rt.spawn(print_events(events, Some(printer), watch.clone(), me));
         }
         Err(_) => {
-            rt.spawn(print_events(events, None::<NoPrinter>, watch.clone()));
+            rt.spawn(print_events(events, None::<NoPrinter>, watch.clone(), me));
         }
     }
 
@@ -102,6 +223,9 @@ pub fn run(rt: &Runtime, node: Node) -> std::process::ExitCode {
                 let _ = editor.add_history_entry(line);
                 match rt.block_on(execute(&node, &watch, line)) {
                     Ok(Flow::Continue) => {}
+                    Ok(Flow::Clear) => {
+                        let _ = editor.clear_screen();
+                    }
                     Ok(Flow::Quit) => break,
                     Err(msg) => println!("error: {msg}"),
                 }
@@ -127,26 +251,76 @@ impl ExternalPrinter for NoPrinter {
     }
 }
 
+/// The node's dictionary and mesh events.
+struct Events {
+    sync: rs2p::SyncEventStream,
+    mesh: rs2p::EventStream,
+}
+
+impl Events {
+    /// The next line to print under `watch` (None once both streams end).
+    async fn next(&mut self, me: &str) -> Option<String> {
+        loop {
+            let line = tokio::select! {
+                Some(ev) = self.sync.next() => sync_line(ev, me),
+                Some(ev) = self.mesh.next() => mesh_line(ev),
+                else => return None,
+            };
+            if let Some(line) = line {
+                return Some(line);
+            }
+        }
+    }
+}
+
+/// Who wrote an entry, for people: `this node` or a shortened id.
+fn owner_text(owner: &[u8], me: &str) -> String {
+    if owner == me.as_bytes() {
+        "this node".to_string()
+    } else {
+        human::short_owner(owner)
+    }
+}
+
+fn sync_line(ev: SyncEvent, me: &str) -> Option<String> {
+    Some(match ev {
+        SyncEvent::Update { key, value, meta } => format!(
+            "[update] {} = {}  (by {})\n",
+            key_shell(&key),
+            value_to_json(&value),
+            owner_text(&meta.owner, me),
+        ),
+        SyncEvent::Delete { key } => format!("[delete] {}\n", key_shell(&key)),
+        SyncEvent::Lagged { missed } => {
+            format!("[watch] {missed} changes not shown (too many at once)\n")
+        }
+        _ => return None,
+    })
+}
+
+fn mesh_line(ev: MeshEvent) -> Option<String> {
+    Some(match ev {
+        MeshEvent::PeerJoined { id, addr } => {
+            let at = addr.map_or_else(String::new, |(host, port)| {
+                format!(" at {}", HostPort { host, port })
+            });
+            format!("[peer joined] {}{at}\n", human::short_id(&id))
+        }
+        MeshEvent::PeerLeft { id } => format!("[peer left] {}\n", human::short_id(&id)),
+        _ => return None,
+    })
+}
+
 async fn print_events<P: ExternalPrinter + Send + 'static>(
-    mut events: SyncEventStream,
+    mut events: Events,
     mut printer: Option<P>,
     watch: Arc<AtomicBool>,
+    me: String,
 ) {
-    while let Some(ev) = events.next().await {
+    while let Some(text) = events.next(&me).await {
         if !watch.load(Ordering::Relaxed) {
             continue;
         }
-        let text = match ev {
-            SyncEvent::Update { key, value, meta } => format!(
-                "[update] {} = {}  (by {}, t={})\n",
-                key_display(&key),
-                value_to_json(&value),
-                String::from_utf8_lossy(&meta.owner),
-                meta.timestamp
-            ),
-            SyncEvent::Delete { key } => format!("[delete] {}\n", key_display(&key)),
-            _ => continue,
-        };
         let printed = printer
             .as_mut()
             .is_some_and(|p| p.print(text.clone()).is_ok());
@@ -185,15 +359,41 @@ pub(crate) fn key(s: &str) -> Result<(Vec<u8>, &str), String> {
     Ok((k.as_bytes().to_vec(), rest))
 }
 
-/// A typed value: JSON when it parses, else the text as a string.
+/// Whether `s` starts like a JSON value (and so must be one): `{`, `[`,
+/// `"`, a digit, `-` and a digit, or exactly `true`, `false` or `null`.
+fn looks_like_json(s: &str) -> bool {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some('{' | '[' | '"') => true,
+        Some(c) if c.is_ascii_digit() => true,
+        Some('-') => chars.next().is_some_and(|c| c.is_ascii_digit()),
+        _ => matches!(s, "true" | "false" | "null"),
+    }
+}
+
+/// Strict JSON: valid, and integers within 64 bits.
+fn json(s: &str, what: &str) -> Result<Value, String> {
+    check_integers(s)?;
+    let j: Json = serde_json::from_str(s).map_err(|e| {
+        format!(
+            "{what} is not valid JSON ({e}); to store the text as a string, quote it as a JSON \
+             string or use `set -s KEY TEXT`"
+        )
+    })?;
+    json_to_value(&j)
+}
+
+/// A typed value: JSON when it starts like JSON (then it must be valid),
+/// else the text as a string.
 pub(crate) fn value(s: &str) -> Result<Value, String> {
     let s = s.trim();
     if s.is_empty() {
         return Err("missing VALUE".into());
     }
-    match serde_json::from_str::<Json>(s) {
-        Ok(j) => json_to_value(&j),
-        Err(_) => Ok(Value::Str(s.to_string())),
+    if looks_like_json(s) {
+        json(s, "VALUE")
+    } else {
+        Ok(Value::Str(s.to_string()))
     }
 }
 
@@ -205,18 +405,69 @@ fn no_more(rest: &str, usage: &str) -> Result<(), String> {
     }
 }
 
-fn lib_err(e: rs2p::Error) -> String {
-    format!("{e} [{}]", e.kind())
+/// An optional glob pattern (a word, or a JSON string).
+fn pattern(rest: &str, usage: &str) -> Result<Option<String>, String> {
+    let rest = rest.trim();
+    if rest.is_empty() {
+        return Ok(None);
+    }
+    if rest.starts_with('"') {
+        let (k, more) = key(rest).map_err(|e| format!("{e}; usage: {usage}"))?;
+        no_more(more, usage)?;
+        return Ok(Some(String::from_utf8_lossy(&k).into_owned()));
+    }
+    let (p, more) = word(rest);
+    no_more(more, usage)?;
+    Ok(Some(p.to_string()))
+}
+
+/// Whether `key` matches the pattern (a missing one matches every key):
+/// the key as text, or as the shell prints it.
+fn key_matches(pattern: Option<&str>, key: &[u8]) -> bool {
+    pattern.is_none_or(|p| glob_match(p, &key_display(key)) || glob_match(p, &key_shell(key)))
+}
+
+/// A library error for people.
+fn lib_err(node: &Node, e: &rs2p::Error) -> String {
+    human::describe(e, node.context())
 }
 
 async fn execute(node: &Node, watch: &AtomicBool, line: &str) -> Result<Flow, String> {
     let sync = &node.sync;
     let (cmd, rest) = word(line);
-    match cmd {
+    let err = |e: rs2p::Error| lib_err(node, &e);
+    match cmd.to_lowercase().as_str() {
         "set" => {
-            let (k, rest) = key(rest).map_err(|e| format!("{e}; usage: set KEY VALUE"))?;
-            let v = value(rest).map_err(|e| format!("{e}; usage: set KEY VALUE"))?;
-            sync.set(k, v).await.map_err(lib_err)?;
+            let rest = rest.trim_start();
+            let (as_string, rest) = match word(rest) {
+                ("-s" | "--string", more) => (true, more),
+                _ => (false, rest),
+            };
+            let usage = if as_string {
+                "set -s KEY TEXT"
+            } else {
+                "set KEY VALUE"
+            };
+            let (k, rest) = key(rest).map_err(|e| format!("{e}; usage: {usage}"))?;
+            let v = if as_string {
+                let text = rest.trim();
+                if text.is_empty() {
+                    return Err(format!("missing TEXT; usage: {usage}"));
+                }
+                Value::Str(text.to_string())
+            } else {
+                value(rest).map_err(|e| format!("{e}; usage: {usage}"))?
+            };
+            if v.is_nil() {
+                return Err(format!(
+                    "null would delete {}: in this protocol storing null (nil) is a delete; use \
+                     `del {}` to delete the key, or `set -s {} null` to store the text \"null\"",
+                    key_shell(&k),
+                    key_shell(&k),
+                    key_shell(&k)
+                ));
+            }
+            sync.set(k, v).await.map_err(err)?;
             println!("ok");
         }
         "get" => {
@@ -230,32 +481,40 @@ async fn execute(node: &Node, watch: &AtomicBool, line: &str) -> Result<Flow, St
         "del" => {
             let (k, rest) = key(rest).map_err(|e| format!("{e}; usage: del KEY"))?;
             no_more(rest, "del KEY")?;
-            sync.del(k).await.map_err(lib_err)?;
+            sync.del(k).await.map_err(err)?;
             println!("ok");
         }
         "keys" => {
-            no_more(rest, "keys")?;
-            let keys: Vec<Vec<u8>> = sync.keys().collect();
+            let p = pattern(rest, "keys [PATTERN]")?;
+            let keys: Vec<Vec<u8>> = sync
+                .keys()
+                .filter(|k| key_matches(p.as_deref(), k))
+                .collect();
             if keys.is_empty() {
-                println!("(empty)");
+                println!("{}", if p.is_some() { "(no match)" } else { "(empty)" });
             }
             for k in keys {
-                println!("{}", key_display(&k));
+                println!("{}", key_shell(&k));
             }
         }
         "items" => {
-            no_more(rest, "items")?;
-            let entries = sync.entries();
+            let p = pattern(rest, "items [PATTERN]")?;
+            let entries: Vec<_> = sync
+                .entries()
+                .into_iter()
+                .filter(|(k, _, _)| key_matches(p.as_deref(), k))
+                .collect();
             if entries.is_empty() {
-                println!("(empty)");
+                println!("{}", if p.is_some() { "(no match)" } else { "(empty)" });
             }
+            let now = human::unix_now();
             for (k, v, meta) in entries {
                 println!(
-                    "{} = {}  (owner {}, t={})",
-                    key_display(&k),
+                    "{} = {}  (by {}, {})",
+                    key_shell(&k),
                     value_to_json(&v),
-                    String::from_utf8_lossy(&meta.owner),
-                    meta.timestamp
+                    owner_text(&meta.owner, node.id()),
+                    human::age(meta.timestamp, now)
                 );
             }
         }
@@ -265,13 +524,26 @@ async fn execute(node: &Node, watch: &AtomicBool, line: &str) -> Result<Flow, St
         }
         "delta" => {
             let (k, rest) = key(rest).map_err(|e| format!("{e}; usage: delta KEY JSON"))?;
-            let v = value(rest).map_err(|e| format!("{e}; usage: delta KEY JSON"))?;
-            sync.apply_delta(k, v).await.map_err(lib_err)?;
+            let text = rest.trim();
+            if text.is_empty() {
+                return Err("missing JSON; usage: delta KEY JSON".into());
+            }
+            let v = json(text, "JSON").map_err(|e| format!("{e}; usage: delta KEY JSON"))?;
+            if !matches!(v, Value::Map(_)) {
+                return Err(format!(
+                    "the delta is {} {}, not a map: give a JSON object ({{\"field\": value, ...}}) \
+                     to merge into the map at {}",
+                    human::article(v.kind()),
+                    v.kind(),
+                    key_shell(&k)
+                ));
+            }
+            sync.apply_delta(k, v).await.map_err(err)?;
             println!("ok");
         }
         "peers" => {
             no_more(rest, "peers")?;
-            let peers = sync.mesh().peers().await.map_err(lib_err)?;
+            let peers = sync.mesh().peers().await.map_err(err)?;
             if peers.is_empty() {
                 println!("(no peers)");
             }
@@ -290,7 +562,7 @@ async fn execute(node: &Node, watch: &AtomicBool, line: &str) -> Result<Flow, St
             let hp: HostPort = target
                 .parse()
                 .map_err(|e| format!("{e}; usage: connect HOST:PORT"))?;
-            sync.connect(&hp.host, hp.port).await.map_err(lib_err)?;
+            node.join(&hp).await?;
             println!("connected to {hp}");
         }
         "watch" => {
@@ -304,6 +576,10 @@ async fn execute(node: &Node, watch: &AtomicBool, line: &str) -> Result<Flow, St
             println!("address:     {}", node.addr());
             println!("subnet:      {}", node.subnet);
             println!("protocol id: {}", sync.mesh().protocol_id());
+        }
+        "clear" => {
+            no_more(rest, "clear")?;
+            return Ok(Flow::Clear);
         }
         "help" | "?" => println!("{HELP}"),
         "quit" | "exit" => return Ok(Flow::Quit),
@@ -371,6 +647,66 @@ mod tests {
         assert_eq!(value(" 256 ").unwrap(), Value::from(256));
         assert_eq!(value("hello world").unwrap(), Value::from("hello world"));
         assert_eq!(value("\"1\"").unwrap(), Value::from("1"));
+        assert_eq!(value("trueish").unwrap(), Value::from("trueish"));
+        assert_eq!(value("-x").unwrap(), Value::from("-x"));
+        assert_eq!(value("null").unwrap(), Value::Nil);
         assert!(value("").is_err());
+    }
+
+    #[test]
+    fn strict_values() {
+        let e = value("{bad json").unwrap_err();
+        assert!(e.contains("not valid JSON") && e.contains("set -s"), "{e}");
+        assert!(value("[1, 2").is_err());
+        assert!(value("1.2.3").is_err());
+        let e = value("99999999999999999999").unwrap_err();
+        assert!(e.contains("out of range"), "{e}");
+        assert!(value("[99999999999999999999]").is_err());
+        assert_eq!(value("1e20").unwrap(), Value::F64(1e20));
+        assert_eq!(value("-5").unwrap(), Value::from(-5));
+    }
+
+    #[test]
+    fn completion() {
+        let keys = || {
+            vec![
+                b"user:1".to_vec(),
+                b"user:2".to_vec(),
+                b"two words".to_vec(),
+            ]
+        };
+        let (start, c) = complete("ke", 2, keys);
+        assert_eq!(start, 0);
+        assert_eq!(
+            c.iter().map(|p| p.replacement.as_str()).collect::<Vec<_>>(),
+            ["keys "]
+        );
+        let (_, c) = complete("DE", 2, keys);
+        let got: Vec<_> = c.iter().map(|p| p.display.as_str()).collect();
+        assert_eq!(got, ["del", "delta"]);
+        let (start, c) = complete("get us", 6, keys);
+        assert_eq!(start, 4);
+        let got: Vec<_> = c.iter().map(|p| p.display.as_str()).collect();
+        assert_eq!(got, ["user:1", "user:2"]);
+        let (start, c) = complete("set -s \"tw", 10, keys);
+        assert_eq!(start, 7);
+        assert_eq!(c[0].replacement, "\"two words\" ");
+        // Not the value, nor the argument of other commands.
+        assert!(complete("set user:1 us", 13, keys).1.is_empty());
+        assert!(complete("connect us", 10, keys).1.is_empty());
+    }
+
+    #[test]
+    fn patterns() {
+        assert!(key_matches(None, b"x"));
+        assert!(key_matches(Some("user:*"), b"user:1"));
+        assert!(!key_matches(Some("user:*"), b"other"));
+        assert!(key_matches(Some("two*"), b"two words"));
+        assert!(key_matches(Some("\"two*"), b"two words"));
+        assert_eq!(
+            pattern(" \"a b*\" ", "keys").unwrap().as_deref(),
+            Some("a b*")
+        );
+        assert!(pattern("a b", "keys").is_err());
     }
 }

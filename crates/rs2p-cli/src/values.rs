@@ -189,6 +189,94 @@ pub fn key_display(key: &[u8]) -> String {
     }
 }
 
+/// A key as the shell shows it: bare when the shell would read it back as
+/// the same key (a word: no spaces or control characters, not starting
+/// with `"` or `{`), else its JSON form (`"two words"`, `""`,
+/// `{"$bin":"ff"}`).
+pub fn key_shell(key: &[u8]) -> String {
+    match std::str::from_utf8(key) {
+        Ok(s) if is_bare_word(s) => s.to_string(),
+        _ => key_to_json(key).to_string(),
+    }
+}
+
+fn is_bare_word(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with(['"', '{'])
+        && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+/// Refuses integer literals in JSON `text` that no msgpack integer holds
+/// (beyond -2^63 ..= 2^64-1): serde_json would read them as floats
+/// (`99999999999999999999` as `1e20`) without a word.
+pub fn check_integers(text: &str) -> Result<(), String> {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    let mut in_string = false;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if in_string {
+            match b {
+                b'\\' => i += 1,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        if b == b'"' {
+            in_string = true;
+            i += 1;
+            continue;
+        }
+        if b == b'-' || b.is_ascii_digit() {
+            let start = i;
+            while i < bytes.len()
+                && matches!(bytes[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+            {
+                i += 1;
+            }
+            let literal = &text[start..i];
+            let integral = !literal.contains(['.', 'e', 'E']);
+            if integral && literal.parse::<i64>().is_err() && literal.parse::<u64>().is_err() {
+                return Err(format!(
+                    "integer {literal} is out of range: msgpack integers are 64-bit \
+                     (-9223372036854775808 to 18446744073709551615); quote it to keep it as a string"
+                ));
+            }
+            continue;
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+/// Whether `pattern` (`*` any run of characters, `?` one character,
+/// anything else itself) matches all of `text`.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    // The last `*` seen, and where in `text` its run ends so far.
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || (p[pi] != '*' && p[pi] == t[ti])) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
 /// The name of a JSON value's type, for error messages.
 pub fn json_kind(j: &Json) -> &'static str {
     match j {
@@ -273,6 +361,46 @@ mod tests {
         let shown = Value::Bin(vec![0xff]).to_string();
         assert_eq!(value_to_json(&v), json!({"k": 1, shown: 2, "7": 3}));
         assert_eq!(value_to_json(&Value::F64(f64::NAN)), Json::Null);
+    }
+
+    #[test]
+    fn shell_keys() {
+        assert_eq!(key_shell(b"plain"), "plain");
+        assert_eq!(key_shell("测试".as_bytes()), "测试");
+        assert_eq!(key_shell(b"two words"), "\"two words\"");
+        assert_eq!(key_shell(b""), "\"\"");
+        assert_eq!(key_shell(b"\"q"), "\"\\\"q\"");
+        assert_eq!(key_shell(b"{x"), "\"{x\"");
+        assert_eq!(key_shell(b"tab\there"), "\"tab\\there\"");
+        assert_eq!(key_shell(&[0xff]), "{\"$bin\":\"ff\"}");
+    }
+
+    #[test]
+    fn big_integers() {
+        assert!(check_integers("99999999999999999999").is_err());
+        assert!(check_integers("[1, -99999999999999999999]").is_err());
+        assert!(check_integers("{\"a\": {\"b\": 18446744073709551616}}").is_err());
+        assert!(check_integers("18446744073709551615").is_ok());
+        assert!(check_integers("-9223372036854775808").is_ok());
+        assert!(check_integers("1e20").is_ok());
+        assert!(check_integers("99999999999999999999.0").is_ok());
+        assert!(check_integers("\"99999999999999999999\"").is_ok());
+        assert!(check_integers("\"a\\\" 99999999999999999999\"").is_ok());
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("*", ""));
+        assert!(glob_match("*", "anything"));
+        assert!(glob_match("user:*", "user:1"));
+        assert!(!glob_match("user:*", "users"));
+        assert!(glob_match("a?c", "abc"));
+        assert!(!glob_match("a?c", "ac"));
+        assert!(glob_match("*b*", "abc"));
+        assert!(glob_match("a*b*c", "aXbYbZc"));
+        assert!(!glob_match("a*b", "abc"));
+        assert!(glob_match("测*", "测试"));
+        assert!(glob_match("exact", "exact"));
     }
 
     #[test]

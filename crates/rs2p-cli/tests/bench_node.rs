@@ -12,6 +12,8 @@ use serde_json::{json, Value as Json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_rs2p");
 const T: Duration = Duration::from_secs(20);
+/// Interval of the polling loops (each has a deadline).
+const POLL: Duration = Duration::from_millis(20);
 
 struct Node {
     name: &'static str,
@@ -92,6 +94,25 @@ impl Node {
         }
     }
 
+    /// Asks for `stats` until `done` holds for the answer (which is
+    /// returned); fails after `T`.
+    fn stats_until(&mut self, what: &str, done: impl Fn(&Json) -> bool) -> Json {
+        let deadline = Instant::now() + T;
+        loop {
+            self.send(json!({ "cmd": "stats" }));
+            let st = self.expect("stats");
+            if done(&st) {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: no {what} within {T:?}; last stats {st}",
+                self.name
+            );
+            std::thread::sleep(POLL);
+        }
+    }
+
     fn quit(mut self) {
         self.send(json!({ "cmd": "quit" }));
         self.expect("bye");
@@ -106,7 +127,7 @@ impl Node {
                 "{}: did not exit after quit",
                 self.name
             );
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(POLL);
         }
     }
 }
@@ -187,11 +208,13 @@ fn bench_node_protocol() {
     b.expect("ack");
     assert_eq!(b.expect("count")["n"], 3);
 
-    b.send(json!({ "cmd": "stats" }));
-    let st = b.expect("stats");
+    // `count` reads the dictionary's length, which can run ahead of the
+    // task that counts update events: wait for that counter too.
+    let st = b.stats_until("3 updates counted", |st| {
+        st["updates"].as_u64().is_some_and(|n| n >= 3)
+    });
     assert_eq!(st["keys"], 3, "{st}");
     assert_eq!(st["peers"], 1, "{st}");
-    assert!(st["updates"].as_u64().unwrap() >= 3, "{st}");
     assert_eq!(st["exceptions"], 0, "{st}");
     assert!(st["expired"].as_u64().is_some(), "{st}");
     a.send(json!({ "cmd": "stats" }));

@@ -399,11 +399,22 @@ fn two_json_nodes() {
     // lease_held: B writes A's key once A's write is in the past (within
     // the same second the smaller id may win the tie).
     wait_until_after(t_greeting);
-    let msg = b.fails(
-        json!({"op": "set", "key": "greeting", "value": "mine"}),
-        "lease_held",
-    );
+    let reply = b.req(json!({"op": "set", "key": "greeting", "value": "mine"}));
+    let error = &reply["error"];
+    assert_eq!(error["kind"], "lease_held", "{reply}");
+    // The whole id and the unix time, for programs; the duration left and
+    // a hint (B has no --data-dir) in words.
+    assert_eq!(error["owner"], la.id.as_str(), "{reply}");
+    assert_eq!(error["expires_at"], t_greeting + 3600, "{reply}");
+    let msg = error["message"].as_str().unwrap_or_default();
     assert!(msg.contains(&la.id), "{msg}");
+    assert!(msg.contains(" m more"), "{msg}");
+    assert!(
+        error["hint"]
+            .as_str()
+            .is_some_and(|h| h.contains("--data-dir")),
+        "{reply}"
+    );
     b.alive();
     b.fails(json!({"op": "del", "key": "greeting"}), "lease_held");
     b.alive();
@@ -414,10 +425,23 @@ fn two_json_nodes() {
 
     // not_a_mapping, key_not_found.
     a.ok(json!({"op": "set", "key": "n", "value": 5}));
-    a.fails(
+    let msg = a.fails(
         json!({"op": "apply_delta", "key": "n", "delta": {"k": 1}}),
         "not_a_mapping",
     );
+    assert!(msg.contains("holds an int, not a map"), "{msg}");
+    a.alive();
+    // The delta itself is not a map: said so, whatever the key holds.
+    for key in ["n", "newmap"] {
+        let msg = a.fails(
+            json!({"op": "apply_delta", "key": key, "delta": "notjson"}),
+            "not_a_mapping",
+        );
+        assert!(msg.contains("the delta for key"), "{msg}");
+        assert!(msg.contains("is a string, not a map"), "{msg}");
+        assert!(!msg.contains("holds"), "{msg}");
+    }
+    assert_eq!(a.ok(json!({"op": "get", "key": "newmap"}))["found"], false);
     a.alive();
     a.fails(json!({"op": "del", "key": "missing"}), "key_not_found");
     a.alive();
@@ -435,6 +459,8 @@ fn two_json_nodes() {
         r#"{"op":"wait","key":"k","value":1,"absent":true}"#,
         r#"{"op":"update","items":[]}"#,
         r#"{"op":"broadcast","packets":"x"}"#,
+        // Beyond 64 bits: JSON readers would make it the float 1e20.
+        r#"{"op":"set","key":"big","value":99999999999999999999}"#,
         r#"{"id":3}"#,
         "[1,2]",
         "\"op\"",
@@ -552,6 +578,117 @@ fn unreachable_connect_fails_startup() {
         stderr.contains(&format!("cannot connect to {target}")),
         "{stderr}"
     );
+}
+
+/// A scratch path under the temporary directory (nothing is created).
+fn scratch(name: &str) -> std::path::PathBuf {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    std::env::temp_dir().join(format!("rs2p-cli-{name}-{}-{nanos}", std::process::id()))
+}
+
+/// Start-up failures name what was wrong and what to do; data-dir
+/// failures are not reported as listen failures.
+#[test]
+fn startup_errors_say_what_and_what_to_do() {
+    let fails = |args: &[&str], code: i32| {
+        let out = run_with_input(args, "");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}: {out:?}");
+        stderr
+    };
+
+    // --data-dir names a file.
+    let file = scratch("file");
+    std::fs::write(&file, "x").expect("scratch file");
+    let path = file.to_string_lossy().into_owned();
+    let err = fails(&["node", "--json", "--data-dir", &path], 1);
+    assert!(err.contains(&path), "{err}");
+    assert!(err.contains("is a file, not a directory"), "{err}");
+    assert!(err.contains("hint: "), "{err}");
+    assert!(!err.contains("cannot listen"), "{err}");
+    // ... or a folder below a file: the operating system's reason.
+    let below = format!("{path}/sub");
+    let err = fails(&["node", "--json", "--data-dir", &below], 1);
+    assert!(
+        err.contains(&below) && err.contains("Not a directory"),
+        "{err}"
+    );
+    let _ = std::fs::remove_file(&file);
+
+    // --data-dir in use by another node.
+    let dir = scratch("in-use");
+    let dir_s = dir.to_string_lossy().into_owned();
+    let (mut first, _) = Proc::json_node("first", &["--data-dir", &dir_s]);
+    let err = fails(&["node", "--json", "--data-dir", &dir_s], 1);
+    assert!(err.contains(&dir_s), "{err}");
+    assert!(
+        err.contains("another node already uses this data dir"),
+        "{err}"
+    );
+    assert!(!err.contains("cannot listen"), "{err}");
+    first.ok(json!({"op": "close"}));
+    assert!(first.exit_status().success());
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // The listening address: a port in use, a port out of range, a name.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let listen = format!("127.0.0.1:{port}");
+    let err = fails(&["node", "--json", "--listen", &listen], 1);
+    assert!(err.contains(&format!("cannot listen on {listen}")), "{err}");
+    assert!(err.contains("another program already listens"), "{err}");
+    drop(taken);
+    let err = fails(&["node", "--listen", "127.0.0.1:99999"], 2);
+    assert!(
+        err.contains("port 99999 is out of range (0-65535)"),
+        "{err}"
+    );
+    let (mut named, l) = Proc::json_node("named", &["--listen", "localhost:0"]);
+    assert!(l.port != 0, "{}", l.addr);
+    named.ok(json!({"op": "close"}));
+    assert!(named.exit_status().success());
+}
+
+/// `--connect` to a node on another subnet or transport fails start-up
+/// with both named, and what to change.
+#[test]
+fn connect_to_another_subnet_or_transport_fails_startup() {
+    let (mut a, la) = Proc::json_node("plain", &[]);
+    let target = format!("127.0.0.1:{}", la.port);
+    let fails = |args: &[&str]| {
+        let mut all = vec!["node", "--json", "--connect", &target];
+        all.extend_from_slice(args);
+        let out = run_with_input(&all, "");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}: {out:?}");
+        stderr
+    };
+    let err = fails(&["--subnet", "other"]);
+    assert!(
+        err.contains(&format!("cannot connect to {target}")),
+        "{err}"
+    );
+    assert!(
+        err.contains("subnet sync1") && err.contains("other1"),
+        "{err}"
+    );
+    assert!(err.contains("--subnet sync"), "{err}");
+    assert!(!err.contains("WARN"), "no log line with hashes: {err}");
+    let err = fails(&["--no-leasing"]);
+    assert!(
+        err.contains("sync0") && err.contains("without --no-leasing"),
+        "{err}"
+    );
+    let err = fails(&["--transport", "ssl"]);
+    assert!(err.contains("this peer speaks plaintext"), "{err}");
+    assert!(err.contains("try --transport plaintext"), "{err}");
+    a.alive();
+    a.ok(json!({"op": "close"}));
+    assert!(a.exit_status().success());
 }
 
 #[cfg(unix)]
@@ -760,6 +897,56 @@ fn interactive_shell() {
     sh.expect("rs2p> ").expect("prompt after an error");
     sh.send_line("bogus").expect("send");
     sh.expect("unknown command").expect("unknown command");
+    sh.expect("rs2p> ").expect("prompt");
+
+    // Output up to the next prompt, after one command.
+    fn run(sh: &mut impl Expect, line: &str) -> String {
+        sh.send_line(line).expect("send");
+        let seen = sh
+            .expect("rs2p> ")
+            .unwrap_or_else(|e| panic!("{line}: {e}"));
+        String::from_utf8_lossy(seen.before()).into_owned()
+    }
+    // Strict values: null (a delete), integers beyond 64 bits, broken JSON
+    // are refused, with what to do; -s stores any text as a string.
+    let out = run(&mut sh, "SET nul null");
+    assert!(out.contains("error: null would delete nul"), "{out}");
+    assert!(out.contains("`del nul`"), "{out}");
+    let out = run(&mut sh, "set big 99999999999999999999");
+    assert!(
+        out.contains("error: integer 99999999999999999999 is out of range"),
+        "{out}"
+    );
+    let out = run(&mut sh, "set br {bad json");
+    assert!(out.contains("error: VALUE is not valid JSON"), "{out}");
+    assert!(out.contains("set -s"), "{out}");
+    let out = run(&mut sh, "get br");
+    assert!(out.contains("(not found)"), "{out}");
+    assert!(run(&mut sh, "set -s br {bad json").contains("ok"));
+    assert!(run(&mut sh, "Get br").contains("\"{bad json\""));
+    // A delta that is not a map is named as such.
+    let out = run(&mut sh, "delta newmap \"text\"");
+    assert!(out.contains("the delta is a str, not a map"), "{out}");
+    // Keys print so that they can be typed back; patterns select them.
+    assert!(run(&mut sh, "set \"two words\" 2").contains("ok"));
+    assert!(run(&mut sh, "set user:1 one").contains("ok"));
+    assert!(run(&mut sh, "set user:2 two").contains("ok"));
+    let out = run(&mut sh, "KEYS");
+    assert!(out.contains("\"two words\""), "{out}");
+    let out = run(&mut sh, "keys user:*");
+    assert!(out.contains("user:1") && out.contains("user:2"), "{out}");
+    assert!(!out.contains("greeting"), "{out}");
+    let out = run(&mut sh, "items user:?");
+    assert!(out.contains("user:1 = \"one\"  (by this node, "), "{out}");
+    assert!(out.contains(" ago)"), "{out}");
+    assert!(!out.contains("t="), "{out}");
+    // Tab completes commands, then keys.
+    sh.send("ge\t").expect("send");
+    sh.send("greet\t").expect("send");
+    sh.send_line("").expect("send");
+    sh.expect("\"hello\"").expect("get greeting, completed");
+    sh.expect("rs2p> ").expect("prompt");
+    run(&mut sh, "clear");
 
     sh.send_line(format!("connect 127.0.0.1:{}", lp.port))
         .expect("send");
@@ -791,12 +978,40 @@ fn interactive_shell() {
         std::thread::sleep(POLL);
     }
 
-    // watch prints the peer's writes as they happen.
+    // The peer's key is leased to it: the refusal says for how long, with
+    // the id shortened, and why a restarted node may be locked out.
+    let short = format!("{}…{}", &lp.id[..4], &lp.id[lp.id.len() - 4..]);
+    wait_until_after(dump_meta(&peer.ok(json!({"op": "dump"})), "from_peer").1);
+    let out = run(&mut sh, "set from_peer 1");
+    assert!(
+        out.contains(&format!("key \"from_peer\" is leased by {short} for ")),
+        "{out}"
+    );
+    assert!(out.contains(" m more"), "{out}");
+    assert!(out.contains("only with --data-dir"), "{out}");
+    assert!(!out.contains(&lp.id), "{out}");
+
+    // watch prints the peer's writes, and peers joining and leaving, as
+    // they happen.
     sh.send_line("watch").expect("send");
     sh.expect("watching updates: on").expect("watch on");
     sh.expect("rs2p> ").expect("prompt");
     peer.ok(json!({"op": "set", "key": "live", "value": 42}));
-    sh.expect("[update] live = 42").expect("watched update");
+    sh.expect(format!("[update] live = 42  (by {short})"))
+        .expect("watched update");
+    let shell_addr = banner
+        .split("listening on ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("the shell's address in its banner")
+        .to_string();
+    let (mut third, l3) = Proc::json_node("third", &["--connect", &shell_addr]);
+    let short3 = format!("{}…{}", &l3.id[..4], &l3.id[l3.id.len() - 4..]);
+    sh.expect(format!("[peer joined] {short3}"))
+        .expect("watched join");
+    third.ok(json!({"op": "close"}));
+    sh.expect(format!("[peer left] {short3}"))
+        .expect("watched leave");
 
     sh.send_line("quit").expect("send");
     sh.expect(Eof).expect("the shell exits");
@@ -814,7 +1029,15 @@ fn interactive_shell() {
         status.starts_with("Exited(") && status.ends_with(", 0)"),
         "{status}"
     );
-    peer.event("peer_left", |e| e["event"] == "peer_left");
+    let shell_id = banner
+        .split("rs2p node ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("the shell's id in its banner")
+        .to_string();
+    peer.event("the shell's peer_left", |e| {
+        e["event"] == "peer_left" && e["id"] == shell_id.as_str()
+    });
 }
 
 /// `rs2p tls-keygen` writes a certificate and key and prints the
