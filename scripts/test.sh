@@ -13,8 +13,11 @@ scripts/setup-peers.sh
 scripts/setup-browser.sh
 cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
-# The library without its optional parts (tls, ws, store, web).
+# The library as the core alone (wire + proto: what the browser build
+# compiles), and as the tokio shell without its optional parts (tls, ws,
+# store, web, native-compression).
 cargo clippy --locked -p rs2p --no-default-features -- -D warnings
+cargo clippy --locked -p rs2p --no-default-features --features net -- -D warnings
 RUSTDOCFLAGS=-Dwarnings cargo doc --locked --workspace --no-deps --quiet
 
 # Each run's output also goes to a log, from which the failures are
@@ -33,6 +36,7 @@ run() {
 run cargo test --locked --workspace --all-targets --no-fail-fast
 run cargo test --locked --workspace --doc --no-fail-fast
 run cargo test --locked -p rs2p --no-default-features --test features
+run cargo test --locked -p rs2p --no-default-features --features net --test features
 if [ ${#failed[@]} -gt 0 ]; then
     {
         echo
