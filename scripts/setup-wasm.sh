@@ -34,7 +34,8 @@ if [ -f "$DIR/.rs2p-setup" ] && [ "$(cat "$DIR/.rs2p-setup")" = "$RECIPE" ] &&
     [ -x "$DIR/bin/wasm-bindgen" ] && [ -f "$DIR/env.sh" ]; then
     # shellcheck source=/dev/null
     . "$DIR/env.sh"
-    if "$RS2P_WASM_RUSTC" -vV >/dev/null 2>&1 && [ -x "$CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER" ]; then
+    if LD_LIBRARY_PATH="$RS2P_WASM_LD_LIBRARY_PATH" "$RS2P_WASM_RUSTC" -vV >/dev/null 2>&1 &&
+        [ -x "$CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER" ]; then
         exit 0
     fi
     say "toolchain in .wasm-toolchain does not run any more; redoing"
