@@ -36,6 +36,10 @@ while [ $# -gt 0 ]; do
     shift
 done
 
+if [ "${RS2P_SKIP_WASM:-0}" = 1 ]; then
+    echo "build-wasm: skipped (RS2P_SKIP_WASM=1)"
+    exit 0
+fi
 scripts/setup-wasm.sh
 # shellcheck source=/dev/null
 . "$ROOT/.wasm-toolchain/env.sh"
