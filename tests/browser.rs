@@ -532,6 +532,32 @@ fn browser_page_syncs_with_rs2p_and_js2p() {
     assert_eq!(got["owner"], page2["id"], "{got}");
     assert_eq!(got["origin"], json!("null"), "{got}");
 
+    // The README's minimal page works as written, from a file: URL.
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let section = readme.split("## Use in a browser").nth(1).unwrap();
+    let html = section
+        .split("```html\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("an html block in README's Use in a browser");
+    let html = html
+        .replace("127.0.0.1:8080", &web.local_addr().to_string())
+        .replace("4444", &r.mesh().local_addr().port().to_string());
+    let file = std::env::temp_dir().join(format!("rs2p-readme-{}.html", std::process::id()));
+    std::fs::write(&file, html).unwrap();
+    let _tab4 = rt.block(cdp.open(&format!("file://{}", file.display())));
+    let mut shown = Json::Null;
+    wait_for("the README page shows its own key", T, || {
+        shown = rt.block(cdp.eval("document.getElementById('out').textContent"));
+        shown
+            .as_str()
+            .is_some_and(|t| t.contains("hello from") && t.contains("tab2"))
+    });
+    let _ = std::fs::remove_file(&file);
+    wait_for("the README page's key on rs2p", T, || {
+        r.keys().any(|k| k.starts_with(b"hello from "))
+    });
+
     for tab in [&tab1, &tab2] {
         cdp.switch(tab);
         let page = rt.block(cdp.eval(PAGE_STATE));
@@ -590,7 +616,7 @@ fn browser_tab_holds_100k_keys() {
         "(() => {{ const p = window.rs2pPage; const s = p && p.socket(); \
            if (!s || s.size < {KEYS}) return null; \
            if (!window.__done) window.__done = performance.now(); \
-           return {{ ms: window.__done, size: s.size }}; }})()"
+           return {{ ms: window.__done, size: s.size, marks: p.marks() }}; }})()"
     );
     let mut got = Json::Null;
     wait_for("every key in the tab", Duration::from_secs(120), || {
@@ -602,5 +628,6 @@ fn browser_tab_holds_100k_keys() {
         "a tab held all {KEYS} keys {:.0} ms after navigation (polled every 25 ms)",
         got["ms"].as_f64().unwrap_or(f64::NAN)
     );
+    eprintln!("in the tab (ms after navigation): {}", got["marks"]);
     drop(chromium);
 }

@@ -190,11 +190,7 @@ impl Core {
 
     fn now(&self) -> Now {
         let ms = self.host.now();
-        let elapsed = if ms.is_finite() && ms > 0.0 {
-            Duration::from_secs_f64(ms / 1000.0)
-        } else {
-            Duration::ZERO
-        };
+        let elapsed = Duration::try_from_secs_f64(ms / 1000.0).unwrap_or(Duration::ZERO);
         Now {
             elapsed,
             unix: (js_sys::Date::now() / 1000.0).floor() as i64,
