@@ -942,10 +942,12 @@ function rs2pShell(wasm, isLoaded) {
                 },
                 timer(delay) {
                     if (self._timer !== null) clearTimeout(self._timer);
+                    // setTimeout fires at once past 2^31-1 ms: wake up
+                    // early instead (the core re-arms what is not due).
                     self._timer = delay < 0 ? null : setTimeout(() => {
                         self._timer = null;
                         self._input("timeout");
-                    }, delay);
+                    }, Math.min(delay, 0x7fffffff));
                 },
                 now() { return performance.now(); },
             };
