@@ -21,7 +21,11 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DIR="$ROOT/.wasm-toolchain"
 WASM_BINDGEN_VERSION=0.2.130
 DEBS=(rustc-web cargo-web rust-web-src libstd-rust-web-dev)
-RECIPE="${DEBS[*]} wasm-bindgen-cli $WASM_BINDGEN_VERSION; recipe 1"
+# The compiler series the committed bundle is built with: the same
+# compiler gives the same bytes, which scripts/build-wasm.sh --check relies
+# on (bookworm-security may carry a newer rustc-web; bookworm keeps 1.85).
+RUSTC_SERIES=1.85.
+RECIPE="${DEBS[*]} $RUSTC_SERIES wasm-bindgen-cli $WASM_BINDGEN_VERSION; recipe 2"
 
 say() { printf 'setup-wasm: %s\n' "$*"; }
 
@@ -86,10 +90,17 @@ mkdir -p "$DIR/root"
 (
     cd "$DIR/debs"
     rm -f ./*.deb
-    if ! apt-get download "${DEBS[@]}" >>"$LOG" 2>&1; then
+    pick() { apt-cache madison rustc-web | awk -v s="$RUSTC_SERIES" 'index($3, s) == 1 {print $3; exit}'; }
+    ver=$(pick)
+    if [ -z "$ver" ]; then
         apt_update
-        apt-get download "${DEBS[@]}" >>"$LOG" 2>&1
+        ver=$(pick)
     fi
+    if [ -z "$ver" ]; then
+        echo "setup-wasm: ERROR: no rustc-web ${RUSTC_SERIES}x in the package lists" >&2
+        exit 1
+    fi
+    apt-get download "${DEBS[@]/%/=$ver}" >>"$LOG" 2>&1
     # libstd-rust-web-dev depends on the versioned libstd-rust-web-X.Y,
     # which holds the compiler's own shared libraries.
     std=$(apt-cache depends libstd-rust-web-dev | awk '/Depends: libstd-rust-web-[0-9]/{print $2; exit}')
