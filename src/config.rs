@@ -184,6 +184,9 @@ impl MeshConfig {
         }
         let mut seen = Vec::new();
         for m in &self.compression {
+            if !m.is_available() {
+                return Err(Error::FeatureDisabled("native-compression"));
+            }
             if seen.contains(m) {
                 return Err(Error::Config(format!(
                     "compression {} listed twice",

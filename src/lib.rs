@@ -121,24 +121,50 @@
 //!   page), splits messages over 1 MiB (js2p's library closes on messages
 //!   over 2 MiB), and sends its handshake first on both sides (js2p's
 //!   listener waits for the dialer's).
+//!
+//! # Crate features
+//!
+//! - `net` (default): the tokio shell — [`config`], [`MeshSocket`],
+//!   [`SyncSocket`] — and the OS random generator for node ids. Without it
+//!   (`default-features = false`) the crate is the core alone, [`wire`] and
+//!   [`proto`], which needs no tokio, no OS randomness and no C code and
+//!   builds for `wasm32-unknown-unknown` (the browser node,
+//!   `crates/rs2p-wasm`).
+//! - `native-compression` (default): zlib and gzip through C zlib, and bz2
+//!   and lzma; without it zlib and gzip are pure Rust and bz2 and lzma are
+//!   not offered (see [`Compression`]).
+//! - `tls`, `ws`, `store` (default; each implies `net`): the SSL and ws
+//!   transports and [`SyncConfig::data_dir`]; without one, asking for it
+//!   fails at bind time with [`Error::FeatureDisabled`].
+//! - `web` (default): the browser page and bundle server
+//!   (`rs2p::web`).
 #![warn(missing_docs)]
 
+#[cfg(feature = "net")]
 pub mod config;
 pub mod error;
+#[cfg(feature = "net")]
 pub mod mesh;
+#[cfg(feature = "net")]
 pub(crate) mod net;
 pub mod proto;
+#[cfg(feature = "net")]
 pub(crate) mod store;
+#[cfg(feature = "net")]
 pub mod sync;
 pub mod value;
 #[cfg(feature = "web")]
 pub mod web;
 pub mod wire;
 
+#[cfg(feature = "net")]
 pub use config::{MeshConfig, SyncConfig, Transport};
 pub use error::{DecodeError, Error, Result, StoreError, ValueError};
-pub use mesh::{EventStream, MeshEvent, MeshSocket, Message, NodeStats, PeerInfo, PeerKind};
+#[cfg(feature = "net")]
+pub use mesh::{EventStream, MeshEvent, MeshSocket, Message};
 pub use proto::sync::Meta;
+pub use proto::{NodeStats, PeerInfo, PeerKind};
+#[cfg(feature = "net")]
 pub use sync::{SyncEvent, SyncEventStream, SyncSocket};
 pub use value::{Integer, Value};
 pub use wire::msgpack::{from_value, to_value};

@@ -1,10 +1,15 @@
-//! The browser page (`rs2p::web`) in headless Chromium, driven over the
-//! DevTools protocol: the page joins an rs2p `ws` node that also has a real
-//! js2p `ws` node as a peer, and keys travel between all three.
+//! The browser page (`rs2p::web`) and its bundle (the protocol core in
+//! WebAssembly, src/web/bundle/) in headless Chromium, driven over the
+//! DevTools protocol: pages join an rs2p `ws` node that also has a real
+//! js2p `ws` node as a peer, and keys travel between all of them.
 //!
 //! Needs `chromium` (scripts/setup-browser.sh installs it) and the reference
 //! peers; fails when either is missing, unless RS2P_SKIP_BROWSER=1 /
 //! RS2P_SKIP_REFERENCES=1. RS2P_CHROMIUM names another browser binary.
+//!
+//! `cargo test --release --test browser -- --ignored` measures how long a
+//! tab takes to hold every key of a node with 100,000 keys
+//! (docs/benchmarks.md).
 
 mod common;
 
@@ -136,10 +141,15 @@ impl Cdp {
     }
 
     async fn call(&mut self, method: &str, params: Json) -> Json {
+        let session = self.session.clone();
+        self.call_in(session.as_deref(), method, params).await
+    }
+
+    async fn call_in(&mut self, session: Option<&str>, method: &str, params: Json) -> Json {
         let id = self.next;
         self.next += 1;
         let mut req = json!({"id": id, "method": method, "params": params});
-        if let Some(s) = &self.session {
+        if let Some(s) = session {
             req["sessionId"] = json!(s);
         }
         self.ws
@@ -169,18 +179,31 @@ impl Cdp {
         reply["result"].clone()
     }
 
-    /// Opens `url` in a new tab and attaches to it.
-    async fn open(&mut self, url: &str) {
-        let target = self.call("Target.createTarget", json!({"url": url})).await;
+    /// Opens `url` in a new tab and attaches to it; the tab's session
+    /// becomes the one `eval` uses.
+    async fn open(&mut self, url: &str) -> String {
+        let target = self
+            .call_in(None, "Target.createTarget", json!({"url": url}))
+            .await;
         let id = target["targetId"].clone();
         let attached = self
-            .call(
+            .call_in(
+                None,
                 "Target.attachToTarget",
                 json!({"targetId": id, "flatten": true}),
             )
             .await;
-        self.session = attached["sessionId"].as_str().map(str::to_string);
-        assert!(self.session.is_some(), "no DevTools session: {attached}");
+        let session = attached["sessionId"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no DevTools session: {attached}"));
+        self.session = Some(session.clone());
+        session
+    }
+
+    /// Makes `session` the tab `eval` talks to.
+    fn switch(&mut self, session: &str) {
+        self.session = Some(session.to_string());
     }
 
     /// Evaluates an expression in the page; its JSON value (null on a
@@ -197,16 +220,38 @@ impl Cdp {
         }
         r["result"]["value"].clone()
     }
+
+    /// Like `eval`, but an exception is returned as `{"exception": text}`.
+    async fn eval_or_exception(&mut self, expr: &str) -> Json {
+        let r = self
+            .call(
+                "Runtime.evaluate",
+                json!({"expression": expr, "returnByValue": true, "awaitPromise": true}),
+            )
+            .await;
+        if let Some(e) = r.get("exceptionDetails") {
+            return json!({"exception": e.to_string()});
+        }
+        r["result"]["value"].clone()
+    }
 }
 
 const PAGE_STATE: &str = r#"(() => {
-  if (!window.rs2p || !document.getElementById('rows')) return null;
+  const page = window.rs2pPage;
+  if (!page || !page.socket() || !document.getElementById('rows')) return null;
+  const s = page.socket();
   return {
-    id: window.rs2p.id,
-    state: window.rs2p.state(),
-    peer: window.rs2p.peer(),
-    badFrames: window.rs2p.badFrames(),
+    id: s.id,
+    state: page.state(),
+    status: s.status === 'Nominal' ? 'Nominal' : String(s.status),
+    stats: s.stats(),
+    size: s.size,
     error: document.getElementById('error').textContent,
+    peers: Array.from(document.querySelectorAll('#peers tr')).map(tr => ({
+      id: tr.dataset.id,
+      kind: tr.querySelector('.kind').textContent,
+    })),
+    log: page.log(),
     rows: Array.from(document.querySelectorAll('#rows tr')).map(tr => ({
       key: tr.dataset.key,
       value: tr.querySelector('.value').textContent,
@@ -270,19 +315,52 @@ fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     let mut s = std::net::TcpStream::connect(addr).expect("page server");
     s.set_read_timeout(Some(T)).unwrap();
     write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("page server answer");
-    out
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).expect("page server answer");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Clicks the delete button of `key`'s row; returns the page's error line.
+fn click_delete(rt: &Rt, cdp: &mut Cdp, key: &str) -> String {
+    let expr = format!(
+        "(() => {{ const tr = Array.from(document.querySelectorAll('#rows tr')).find(t => t.dataset.key === {k}); \
+         if (!tr) return 'no row'; tr.querySelector('button.del').click(); \
+         return document.getElementById('error').textContent; }})()",
+        k = json!(key),
+    );
+    rt.block(cdp.eval(&expr))
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Waits until the page in the current tab has joined with key `key`.
+fn wait_page(rt: &Rt, cdp: &mut Cdp, what: &str, mut ok: impl FnMut(&Json) -> bool) -> Json {
+    let mut page = Json::Null;
+    wait_for(what, T, || {
+        page = rt.block(cdp.eval(PAGE_STATE));
+        !page.is_null() && ok(&page)
+    });
+    page
+}
+
+fn skip_browser() -> Option<PathBuf> {
+    if std::env::var("RS2P_SKIP_BROWSER").as_deref() == Ok("1") {
+        eprintln!("skipped: RS2P_SKIP_BROWSER=1");
+        return None;
+    }
+    match find_chromium() {
+        Some(c) => Some(c),
+        None => {
+            panic!("chromium missing: run scripts/setup-browser.sh (or set RS2P_SKIP_BROWSER=1)")
+        }
+    }
 }
 
 #[test]
 fn browser_page_syncs_with_rs2p_and_js2p() {
-    if std::env::var("RS2P_SKIP_BROWSER").as_deref() == Ok("1") {
-        eprintln!("skipped: RS2P_SKIP_BROWSER=1");
+    let Some(chromium_bin) = skip_browser() else {
         return;
-    }
-    let Some(chromium_bin) = find_chromium() else {
-        panic!("chromium missing: run scripts/setup-browser.sh (or set RS2P_SKIP_BROWSER=1)");
     };
     if !require_peers() {
         return;
@@ -298,7 +376,19 @@ fn browser_page_syncs_with_rs2p_and_js2p() {
     let index = http_get(web.local_addr(), "/");
     assert!(index.starts_with("HTTP/1.1 200 OK"), "{index}");
     assert!(index.contains(r.mesh().protocol_id()));
+    assert!(index.contains(r#"src="rs2p.js""#));
+    assert!(!index.contains("Access-Control-Allow-Origin"));
     assert!(http_get(web.local_addr(), "/nope").starts_with("HTTP/1.1 404"));
+    for (path, kind) in [
+        ("/rs2p.js", "text/javascript"),
+        ("/rs2p.mjs", "text/javascript"),
+        ("/rs2p.wasm", "application/wasm"),
+    ] {
+        let got = http_get(web.local_addr(), path);
+        assert!(got.starts_with("HTTP/1.1 200 OK"), "{path}: {got:.200}");
+        assert!(got.contains(&format!("Content-Type: {kind}")), "{path}");
+        assert!(got.contains("Access-Control-Allow-Origin: *"), "{path}");
+    }
 
     let mut j = RefPeer::spawn(Impl::Js2p, &PeerOpts::sync().transport("ws"));
     j.connect(r.mesh().local_addr().port(), None);
@@ -307,44 +397,57 @@ fn browser_page_syncs_with_rs2p_and_js2p() {
     let mut chromium = Chromium::launch(&chromium_bin);
     let url = chromium.devtools_url();
     let mut cdp = rt.block(Cdp::connect(&url));
-    rt.block(cdp.open(&format!("http://{}/", web.local_addr())));
+    let page_url = format!("http://{}/", web.local_addr());
+    let tab1 = rt.block(cdp.open(&page_url));
 
-    // The page joins (state transfer brings the earlier key).
-    let mut page = Json::Null;
-    wait_for("page connected with the early key", T, || {
-        page = rt.block(cdp.eval(PAGE_STATE));
-        page["state"] == "connected" && row(&page, "before").is_some()
+    // The page joins; the state transfer brings the earlier key, owner and
+    // all.
+    let page = wait_page(&rt, &mut cdp, "page connected with the early key", |p| {
+        p["state"] == "connected" && row(p, "before").is_some()
     });
     let page_id = page["id"].as_str().unwrap().to_string();
-    assert_eq!(page["peer"], json!(r.id()));
     assert!(rt.peer_ids(r.mesh()).contains(&page_id));
-    assert_eq!(
-        row(&page, "before").unwrap()["value"],
-        json!("\"set before the page loaded\"")
-    );
+    let before = row(&page, "before").unwrap();
+    assert_eq!(before["value"], json!("\"set before the page loaded\""));
+    assert_eq!(before["owner"], json!(r.id()));
+    let ts = r.metadata("before").unwrap().timestamp;
+    assert_eq!(before["expires"], json!(ts + 3600));
+    // rs2p sees no address for the page (a browser cannot listen).
+    let seen = rt.block(r.mesh().peers()).unwrap();
+    let me = seen.iter().find(|p| p.id == page_id).unwrap();
+    assert_eq!(me.addr, None);
 
-    // Live writes from rs2p and js2p reach the page.
+    // Live writes from rs2p and js2p reach the page with their owners; the
+    // peer list shows the node.
     rt.block(r.set("rs-live", "from rs2p")).unwrap();
     rt.block(r.apply_delta("map", Value::from_iter([("a", Value::from(1))])))
         .unwrap();
     j.ok(json!({"op":"set","key":"js-live","value":"from js2p"}));
-    wait_for("rs2p and js2p writes in the page", T, || {
-        page = rt.block(cdp.eval(PAGE_STATE));
-        row(&page, "rs-live").is_some()
-            && row(&page, "js-live").is_some()
-            && row(&page, "map").is_some()
+    let page = wait_page(&rt, &mut cdp, "rs2p and js2p writes in the page", |p| {
+        row(p, "rs-live").is_some() && row(p, "js-live").is_some() && row(p, "map").is_some()
     });
     let rs_row = row(&page, "rs-live").unwrap();
     assert_eq!(rs_row["value"], json!("\"from rs2p\""));
     assert_eq!(rs_row["owner"], json!(r.id()));
-    let ts = r.metadata("rs-live").unwrap().timestamp;
-    assert_eq!(rs_row["expires"], json!(ts + 3600));
     let js_row = row(&page, "js-live").unwrap();
     assert_eq!(js_row["value"], json!("\"from js2p\""));
     assert_eq!(js_row["owner"], json!(j.id()));
     assert_eq!(row(&page, "map").unwrap()["value"], json!("{\"a\": 1}"));
+    let peers = page["peers"].as_array().unwrap();
+    assert!(
+        peers
+            .iter()
+            .any(|p| p["id"] == json!(r.id()) && p["kind"] == "rs2p"),
+        "{peers:?}"
+    );
+    let log = page["log"].as_array().unwrap();
+    assert!(
+        log.iter()
+            .any(|l| l.as_str().unwrap().contains("update js-live")),
+        "{log:?}"
+    );
 
-    // A key set in the page reaches rs2p and, through it, js2p.
+    // A key set in the page reaches rs2p and js2p.
     let err = form_set(&rt, &mut cdp, "page-key", "hello from chromium");
     assert_eq!(err, "");
     wait_for("page write on rs2p", T, || {
@@ -366,15 +469,105 @@ fn browser_page_syncs_with_rs2p_and_js2p() {
     );
     let err = form_set(&rt, &mut cdp, "rs-live", "page tries");
     assert!(err.contains("is leased by"), "{err}");
+    let err = click_delete(&rt, &mut cdp, "js-live");
+    assert!(err.contains("is leased by"), "{err}");
 
-    page = rt.block(cdp.eval(PAGE_STATE));
-    assert_eq!(page["badFrames"], json!(0));
-    assert_eq!(
-        row(&page, "rs-live").unwrap()["value"],
-        json!("\"from rs2p\"")
+    // A delete from the page reaches rs2p (rs2p relays no delete to js2p,
+    // which cannot delete).
+    rt.block(r.set("to-delete", "page deletes this")).unwrap();
+    wait_page(&rt, &mut cdp, "the key to delete", |p| {
+        row(p, "to-delete").is_some()
+    });
+    let t0 = unix_now();
+    wait_for("past rs2p's second", T, || unix_now() > t0);
+    // rs2p holds the lease: refused. The page's own key goes.
+    assert!(click_delete(&rt, &mut cdp, "to-delete").contains("is leased by"));
+    assert_eq!(click_delete(&rt, &mut cdp, "page-key"), "");
+    wait_for("the page's delete on rs2p", T, || {
+        r.get("page-key").is_none()
+    });
+    wait_page(&rt, &mut cdp, "the row gone", |p| {
+        row(p, "page-key").is_none()
+    });
+
+    // A second tab: it sees the first tab's writes and the first sees its
+    // own, through the node.
+    let err = form_set(&rt, &mut cdp, "tab1", "from the first tab");
+    assert_eq!(err, "");
+    let tab2 = rt.block(cdp.open(&page_url));
+    let page2 = wait_page(
+        &rt,
+        &mut cdp,
+        "the second tab with the first tab's key",
+        |p| p["state"] == "connected" && row(p, "tab1").is_some(),
     );
+    assert_ne!(page2["id"], json!(page_id));
+    assert_eq!(row(&page2, "tab1").unwrap()["owner"], json!(page_id));
+    assert!(row(&page2, "page-key").is_none());
+    let err = form_set(&rt, &mut cdp, "tab2", "from the second tab");
+    assert_eq!(err, "");
+    cdp.switch(&tab1);
+    let page = wait_page(&rt, &mut cdp, "the second tab's key in the first", |p| {
+        row(p, "tab2").is_some()
+    });
+    assert_eq!(row(&page, "tab2").unwrap()["owner"], page2["id"]);
+    j.wait_until("the second tab's key on js2p", T, |j| {
+        j.get("tab2").is_some()
+    });
+
+    // A page of another origin (about:blank) imports the ES module and
+    // its wasm from the node (CORS), and joins as well.
+    let _tab3 = rt.block(cdp.open("about:blank"));
+    let expr = format!(
+        "import('http://{addr}/rs2p.mjs').then(async (m) => {{ \
+           const s = new m.sync.SyncSocket(null, null, new m.base.Protocol('sync', 'ws')); \
+           s.connect('127.0.0.1', {port}); \
+           for (let i = 0; i < 300 && s.get('tab2') === undefined; i++) await new Promise(r => setTimeout(r, 50)); \
+           return {{ origin: location.origin, id: s.id, tab2: s.get('tab2') ?? null, owner: (s.metadata('tab2') || {{}}).owner ?? null }}; }})",
+        addr = web.local_addr(),
+        port = r.mesh().local_addr().port(),
+    );
+    let got = rt.block(cdp.eval_or_exception(&expr));
+    assert_eq!(got["tab2"], json!("from the second tab"), "{got}");
+    assert_eq!(got["owner"], page2["id"], "{got}");
+    assert_eq!(got["origin"], json!("null"), "{got}");
+
+    // The README's minimal page works as written, from a file: URL.
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let section = readme.split("## Use in a browser").nth(1).unwrap();
+    let html = section
+        .split("```html\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("an html block in README's Use in a browser");
+    let html = html
+        .replace("127.0.0.1:8080", &web.local_addr().to_string())
+        .replace("4444", &r.mesh().local_addr().port().to_string());
+    let file = std::env::temp_dir().join(format!("rs2p-readme-{}.html", std::process::id()));
+    std::fs::write(&file, html).unwrap();
+    let _tab4 = rt.block(cdp.open(&format!("file://{}", file.display())));
+    let mut shown = Json::Null;
+    wait_for("the README page shows its own key", T, || {
+        shown = rt.block(cdp.eval("document.getElementById('out').textContent"));
+        shown
+            .as_str()
+            .is_some_and(|t| t.contains("hello from") && t.contains("tab2"))
+    });
+    let _ = std::fs::remove_file(&file);
+    wait_for("the README page's key on rs2p", T, || {
+        r.keys().any(|k| k.starts_with(b"hello from "))
+    });
+
+    for tab in [&tab1, &tab2] {
+        cdp.switch(tab);
+        let page = rt.block(cdp.eval(PAGE_STATE));
+        assert_eq!(page["status"], json!("Nominal"), "{page}");
+        assert_eq!(page["stats"]["badFrames"], json!(0), "{page}");
+        assert_eq!(page["error"], json!(""), "{page}");
+    }
     assert_eq!(j.stats().0, 0, "{:?}", j.stats());
     if let Some(path) = std::env::var_os("RS2P_BROWSER_SCREENSHOT") {
+        cdp.switch(&tab1);
         let shot = rt.block(cdp.call("Page.captureScreenshot", json!({"format": "png"})));
         let png = base64_decode(shot["data"].as_str().unwrap_or_default());
         std::fs::write(&path, png).expect("writing the screenshot");
@@ -383,4 +576,58 @@ fn browser_page_syncs_with_rs2p_and_js2p() {
     rt.block(web.close());
     rt.block(r.close());
     eprintln!("browser test took {:?}", started.elapsed());
+}
+
+/// The figure in docs/benchmarks.md: a tab opens the page of a node
+/// holding 100,000 keys; the time from navigation until the tab's node
+/// holds every key. Run with `--release -- --ignored`.
+#[test]
+#[ignore]
+fn browser_tab_holds_100k_keys() {
+    let Some(chromium_bin) = skip_browser() else {
+        return;
+    };
+    const KEYS: usize = 100_000;
+    let rt = Rt::new();
+    let r: SyncSocket = rt.sync(SyncConfig::new(local()).with_transport(Transport::Ws));
+    let t = Instant::now();
+    rt.block(async {
+        for i in 0..KEYS {
+            r.set(
+                format!("key-{i:06}"),
+                format!("value {i} {}", "x".repeat(20)),
+            )
+            .await
+            .unwrap();
+        }
+    });
+    eprintln!("{KEYS} keys set on rs2p in {:?}", t.elapsed());
+    let web = rt
+        .block(rs2p::web::serve(local(), &r))
+        .expect("page server");
+    let mut chromium = Chromium::launch(&chromium_bin);
+    let url = chromium.devtools_url();
+    let mut cdp = rt.block(Cdp::connect(&url));
+    let _ = rt.block(cdp.open("about:blank"));
+    // Timed inside the tab: navigation start to the last key.
+    let page_url = format!("http://{}/", web.local_addr());
+    rt.block(cdp.call("Page.navigate", json!({"url": page_url})));
+    let probe = format!(
+        "(() => {{ const p = window.rs2pPage; const s = p && p.socket(); \
+           if (!s || s.size < {KEYS}) return null; \
+           if (!window.__done) window.__done = performance.now(); \
+           return {{ ms: window.__done, size: s.size, marks: p.marks() }}; }})()"
+    );
+    let mut got = Json::Null;
+    wait_for("every key in the tab", Duration::from_secs(120), || {
+        got = rt.block(cdp.eval(&probe));
+        !got.is_null()
+    });
+    // The probe runs every 25 ms; its first hit is up to that late.
+    eprintln!(
+        "a tab held all {KEYS} keys {:.0} ms after navigation (polled every 25 ms)",
+        got["ms"].as_f64().unwrap_or(f64::NAN)
+    );
+    eprintln!("in the tab (ms after navigation): {}", got["marks"]);
+    drop(chromium);
 }

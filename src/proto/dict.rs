@@ -136,6 +136,8 @@ impl Table {
         self.map.get(key)
     }
 
+    // Used by the tokio shell (feature `net`).
+    #[cfg_attr(not(feature = "net"), allow(dead_code))]
     pub fn contains_key(&self, key: &[u8]) -> bool {
         self.map.contains_key(key)
     }
@@ -166,6 +168,8 @@ impl Table {
         self.map.iter().map(Entry::key)
     }
 
+    // Used by the tokio shell (feature `net`).
+    #[cfg_attr(not(feature = "net"), allow(dead_code))]
     /// The most recently inserted entry.
     pub fn last(&self) -> Option<&Entry> {
         self.map.last()
@@ -344,6 +348,11 @@ impl Dict {
     /// True when there is no key.
     pub fn is_empty(&self) -> bool {
         self.map.len() == 0
+    }
+
+    /// The keys, in insertion order (the values are not decoded).
+    pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
+        self.map.keys()
     }
 
     /// Number of tombstones held.

@@ -66,6 +66,8 @@ impl<E: Keyed> Ordered<E> {
         self.position(key).and_then(|i| self.slots[i].as_ref())
     }
 
+    // Used by the tokio shell (feature `net`).
+    #[cfg_attr(not(feature = "net"), allow(dead_code))]
     pub fn contains_key(&self, key: &[u8]) -> bool {
         self.position(key).is_some()
     }
@@ -162,6 +164,8 @@ impl<E: Keyed> Ordered<E> {
         self.iter().next()
     }
 
+    // Used by the tokio shell (feature `net`).
+    #[cfg_attr(not(feature = "net"), allow(dead_code))]
     pub fn last(&self) -> Option<&E> {
         // Trailing holes are always dropped.
         self.slots.last().and_then(Option::as_ref)

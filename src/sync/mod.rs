@@ -49,6 +49,8 @@ pub struct SyncSocket {
     /// Taken at [`close`](Self::close), so that event streams end.
     events: Arc<Mutex<Option<broadcast::Sender<SyncEvent>>>>,
     leasing: bool,
+    /// The base subnet (without the leasing digit).
+    subnet: Arc<str>,
     store: Option<Store>,
     committer: Arc<Mutex<Option<Committer>>>,
 }
@@ -101,6 +103,7 @@ impl SyncSocket {
             dict,
             events: Arc::new(Mutex::new(Some(events))),
             leasing: cfg.leasing,
+            subnet: cfg.mesh.subnet.as_str().into(),
             store,
             committer: Arc::new(Mutex::new(committer)),
         })
@@ -125,6 +128,12 @@ impl SyncSocket {
     /// True when leases are enforced.
     pub fn leasing(&self) -> bool {
         self.leasing
+    }
+
+    /// The base subnet, without the leasing digit (`sync` for a node on
+    /// `sync1`): what js2p's `Protocol` and rs2p's browser bundle take.
+    pub fn subnet(&self) -> &str {
+        &self.subnet
     }
 
     /// The value of a key.

@@ -4,12 +4,21 @@
 //! gzip as CPython's `zlib` (level 6, gzip OS byte 3), bzip2 at level 9, the
 //! `.xz` container with a CRC64 check at preset 6 (Python's `lzma`), and the
 //! raw snappy block format.
+//!
+//! zlib and gzip come from C zlib with the `native-compression` feature
+//! (the default) and from miniz_oxide (pure Rust) without it; bz2 and lzma
+//! need that feature (C libraries) and are left out of
+//! [`Compression::ALL`] without it, so a build without C code (the
+//! browser's) neither offers nor accepts them.
 
 use std::io::{Read, Write};
 
 use crate::error::DecodeError;
 
 /// A compression method both sides may advertise in their handshakes.
+///
+/// The variants are the protocol's flags; [`Compression::ALL`] lists the
+/// ones this build implements ([`is_available`](Self::is_available)).
 ///
 /// ```
 /// use rs2p::wire::Compression;
@@ -37,6 +46,7 @@ pub enum Compression {
 impl Compression {
     /// Every implemented method, in our default order of preference (py2p's
     /// order: fast and common first).
+    #[cfg(feature = "native-compression")]
     pub const ALL: [Compression; 5] = [
         Compression::Snappy,
         Compression::Zlib,
@@ -45,16 +55,32 @@ impl Compression {
         Compression::Lzma,
     ];
 
+    /// Every implemented method, in our default order of preference (py2p's
+    /// order: fast and common first). Without the `native-compression`
+    /// feature, bz2 and lzma are not implemented.
+    #[cfg(not(feature = "native-compression"))]
+    pub const ALL: [Compression; 3] = [Compression::Snappy, Compression::Zlib, Compression::Gzip];
+
+    /// True when this build implements the method (bz2 and lzma need the
+    /// `native-compression` feature).
+    pub fn is_available(self) -> bool {
+        match self {
+            Compression::Bz2 | Compression::Lzma => cfg!(feature = "native-compression"),
+            Compression::Gzip | Compression::Zlib | Compression::Snappy => true,
+        }
+    }
+
     /// The method with this flag, if implemented.
     pub fn from_flag(flag: i64) -> Option<Compression> {
-        Some(match flag {
+        let m = match flag {
             0x10 => Compression::Bz2,
             0x11 => Compression::Gzip,
             0x12 => Compression::Lzma,
             0x13 => Compression::Zlib,
             0x20 => Compression::Snappy,
             _ => return None,
-        })
+        };
+        m.is_available().then_some(m)
     }
 
     /// The method's flag.
@@ -80,7 +106,9 @@ impl Compression {
             .find(|m| m.name().eq_ignore_ascii_case(name))
     }
 
-    /// Compresses `data`.
+    /// Compresses `data`. A method this build does not implement (see
+    /// [`is_available`](Self::is_available)) gives an empty vector; the
+    /// mesh never picks one, since only implemented methods are offered.
     pub fn compress(self, data: &[u8]) -> Vec<u8> {
         // Writing into a Vec cannot fail; the encoders only report I/O
         // errors of their sink.
@@ -96,14 +124,18 @@ impl Compression {
                     .write(out, flate2::Compression::new(6));
                 e.write_all(data).and_then(|_| e.finish())
             }
+            #[cfg(feature = "native-compression")]
             Compression::Bz2 => {
                 let mut e = bzip2::write::BzEncoder::new(out, bzip2::Compression::best());
                 e.write_all(data).and_then(|_| e.finish())
             }
+            #[cfg(feature = "native-compression")]
             Compression::Lzma => {
                 let mut e = liblzma::write::XzEncoder::new(out, 6);
                 e.write_all(data).and_then(|_| e.finish())
             }
+            #[cfg(not(feature = "native-compression"))]
+            Compression::Bz2 | Compression::Lzma => Err(not_built(self)),
             Compression::Snappy => snap::raw::Encoder::new()
                 .compress_vec(data)
                 .map_err(std::io::Error::other),
@@ -136,10 +168,22 @@ impl Compression {
             }
             Compression::Zlib => bounded(flate2::read::ZlibDecoder::new(data), max, method, err),
             Compression::Gzip => bounded(flate2::read::GzDecoder::new(data), max, method, err),
+            #[cfg(feature = "native-compression")]
             Compression::Bz2 => bounded(bzip2::read::BzDecoder::new(data), max, method, err),
+            #[cfg(feature = "native-compression")]
             Compression::Lzma => bounded(liblzma::read::XzDecoder::new(data), max, method, err),
+            #[cfg(not(feature = "native-compression"))]
+            Compression::Bz2 | Compression::Lzma => Err(err(not_built(self))),
         }
     }
+}
+
+#[cfg(not(feature = "native-compression"))]
+fn not_built(m: Compression) -> std::io::Error {
+    std::io::Error::other(format!(
+        "{} is not built in (crate feature `native-compression`)",
+        m.name()
+    ))
 }
 
 fn bounded<R: Read>(

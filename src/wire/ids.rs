@@ -120,9 +120,22 @@ fn node_id_of(addr_text: &str, protocol_id: &str, salt: &str) -> String {
     to_base58(&h.finalize())
 }
 
-/// A random v4-uuid-shaped salt, as py2p's `str(uuid4())`.
+/// A random v4-uuid-shaped salt, as py2p's `str(uuid4())`, from the OS's
+/// generator (feature `net`; without it, draw 16 bytes yourself and use
+/// [`salt_from_bytes`]).
+#[cfg(feature = "net")]
 pub fn random_salt() -> String {
-    let b: [u8; 16] = rand::random();
+    salt_from_bytes(rand::random())
+}
+
+/// The v4-uuid-shaped salt made of these 16 random bytes (the version and
+/// variant bits are set, as a uuid4 has them).
+///
+/// ```
+/// let s = rs2p::wire::ids::salt_from_bytes([0xff; 16]);
+/// assert_eq!(s, "ffffffff-ffff-4fff-bfff-ffffffffffff");
+/// ```
+pub fn salt_from_bytes(b: [u8; 16]) -> String {
     let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
     format!(
         "{}-{}-4{}-{:x}{}-{}",

@@ -42,6 +42,10 @@ use serde_json::{json, Value};
 pub enum Impl {
     Py2p,
     Js2p,
+    /// rs2p's browser node (the bundle's SyncSocket, the protocol core in
+    /// WebAssembly) under Node: `tests/peers/wasm_node.mjs`. It cannot
+    /// listen (port 0).
+    Wasm,
 }
 
 impl Impl {
@@ -49,6 +53,7 @@ impl Impl {
         match self {
             Impl::Py2p => "py2p",
             Impl::Js2p => "js2p",
+            Impl::Wasm => "rs2p-wasm",
         }
     }
 }
@@ -69,6 +74,8 @@ pub struct PeerOpts {
     /// Override the node's compression preference list, e.g.
     /// `vec!["zlib", "gzip"]`; an empty vec means no compression.
     pub compression: Option<Vec<&'static str>>,
+    /// More command-line arguments, for a driver's own options.
+    pub extra: Vec<&'static str>,
 }
 
 impl Default for PeerOpts {
@@ -79,6 +86,7 @@ impl Default for PeerOpts {
             leasing: None,
             transport: None,
             compression: None,
+            extra: Vec::new(),
         }
     }
 }
@@ -109,6 +117,10 @@ impl PeerOpts {
         self.compression = Some(c);
         self
     }
+    pub fn arg(mut self, a: &'static str) -> Self {
+        self.extra.push(a);
+        self
+    }
 
     fn to_args(&self) -> Vec<String> {
         let mut a = vec![
@@ -137,6 +149,7 @@ impl PeerOpts {
                 c.join(",")
             });
         }
+        a.extend(self.extra.iter().map(|x| x.to_string()));
         a
     }
 }
@@ -216,6 +229,14 @@ impl RefPeer {
                 let mut c =
                     Command::new(std::env::var_os("RS2P_NODE").unwrap_or_else(|| "node".into()));
                 c.arg(root.join("tests/peers/js2p_node.js"));
+                c
+            }
+            Impl::Wasm => {
+                let mut c =
+                    Command::new(std::env::var_os("RS2P_NODE").unwrap_or_else(|| "node".into()));
+                // Node 20 has WebSocket behind this flag (Node 22 by default).
+                c.arg("--experimental-websocket").arg("--no-warnings");
+                c.arg(root.join("tests/peers/wasm_node.mjs"));
                 c
             }
         };

@@ -1967,6 +1967,11 @@ impl Table {
     }
 }
 
+/// The line after which docs/benchmarks.md holds sections `rs2p bench`
+/// does not write and keeps.
+const KEEP_MARKER: &str =
+    "<!-- Sections below are measured by other tools; `rs2p bench` keeps them. -->";
+
 /// The method section of docs/benchmarks.md.
 const METHOD: &str = include_str!("../method.md");
 
@@ -2480,6 +2485,15 @@ async fn bench(args: BenchArgs) -> ExitCode {
     });
     let md_path = with_ext(&args.out, "md");
     let json_path = with_ext(&args.out, "json");
+    // Sections after the marker in the existing file hold figures measured
+    // by other tools (the browser bundle's): they are kept.
+    let md = match std::fs::read_to_string(&md_path) {
+        Ok(old) => match old.find(KEEP_MARKER) {
+            Some(at) => format!("{}\n{}", md.trim_end(), &old[at..]),
+            None => md,
+        },
+        Err(_) => md,
+    };
     if let Some(dir) = md_path.parent().filter(|d| !d.as_os_str().is_empty()) {
         let _ = std::fs::create_dir_all(dir);
     }

@@ -428,10 +428,15 @@ impl Mesh {
             Value::from(sub::HANDSHAKE),
             Value::Bin(self.cfg.id.clone()),
             Value::Bin(self.cfg.protocol_id.clone()),
-            Value::Array(vec![
-                Value::from(self.cfg.out_addr.0.as_str()),
-                Value::from(self.cfg.out_addr.1),
-            ]),
+            // An empty host advertises no address (a browser cannot listen).
+            Value::Array(if self.cfg.out_addr.0.is_empty() {
+                vec![Value::Nil, Value::Nil]
+            } else {
+                vec![
+                    Value::from(self.cfg.out_addr.0.as_str()),
+                    Value::from(self.cfg.out_addr.1),
+                ]
+            }),
             Value::Array(methods),
         ];
         let packed = Packed::new(main::WHISPER, &self.cfg.id, now.unix, &payload);

@@ -127,7 +127,9 @@ pub struct Settings {
     /// Our protocol id (subnet and transport hashed, see
     /// [`ids::protocol_id`]).
     pub protocol_id: Vec<u8>,
-    /// The address we advertise.
+    /// The address we advertise. An empty host advertises none (`[nil,
+    /// nil]` in the handshake), for a node that cannot listen (a browser):
+    /// peers then neither list it in peers lists nor re-dial it.
     pub out_addr: (String, u16),
     /// The address we listen on, when it differs (`0.0.0.0`).
     pub listen: (String, u16),
