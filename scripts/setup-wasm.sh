@@ -18,7 +18,17 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-DIR="$ROOT/.wasm-toolchain"
+# The toolchain lives in a cache outside the clone (a fresh clone, as CI
+# makes, would otherwise rebuild wasm-bindgen-cli for minutes), and
+# <repo>/.wasm-toolchain points there. A real folder there is used as it is.
+CACHE="${RS2P_WASM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/rs2p/wasm-toolchain}"
+if [ -d "$ROOT/.wasm-toolchain" ] && [ ! -L "$ROOT/.wasm-toolchain" ]; then
+    DIR="$ROOT/.wasm-toolchain"
+else
+    mkdir -p "$CACHE"
+    ln -sfn "$CACHE" "$ROOT/.wasm-toolchain"
+    DIR="$CACHE"
+fi
 WASM_BINDGEN_VERSION=0.2.130
 DEBS=(rustc-web cargo-web rust-web-src libstd-rust-web-dev)
 # The compiler series the committed bundle is built with: the same
