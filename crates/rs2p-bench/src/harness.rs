@@ -1938,7 +1938,8 @@ impl Table {
 
 /// The line after which docs/benchmarks.md holds sections `rs2p bench`
 /// does not write and keeps.
-const KEEP_MARKER: &str = "<!-- Sections below are measured by other tools; `rs2p bench` keeps them. -->";
+const KEEP_MARKER: &str =
+    "<!-- Sections below are measured by other tools; `rs2p bench` keeps them. -->";
 
 /// The method section of docs/benchmarks.md.
 const METHOD: &str = include_str!("../method.md");

@@ -2,7 +2,7 @@
 //! node for browsers (and Node), wire-compatible with py2p and js2p.
 //!
 //! [`Core`] is a [`rs2p::proto::Node`] with a
-//! [`Replica`](rs2p::proto::replica::Replica) and the work a shell does
+//! [`Replica`] and the work a shell does
 //! around it: frames are split off the WebSocket byte stream with
 //! [`rs2p::wire::next_frame`], outputs are carried out through a [`Host`]
 //! (send bytes, open or close a WebSocket, arm the timer), and dictionary
