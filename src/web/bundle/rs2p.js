@@ -1,5 +1,5 @@
 // rs2p 0.1.0: a p2p-today 0.7 sync node in WebAssembly, with js2p's browser API (classic script; defines the global rs2p).
-// Built by scripts/build-wasm.sh from crates/rs2p-wasm; do not edit. Module 0fda6623bca9a98c.
+// Built by scripts/build-wasm.sh from crates/rs2p-wasm; do not edit. Module ceff7863d1c4c38d.
 (function (root) {
 "use strict";
 const script = typeof document !== "undefined" ? document.currentScript : null;
@@ -1156,7 +1156,7 @@ function rs2pShell(wasm, isLoaded) {
 let loaded = false;
 const api = rs2pShell(wasm_bindgen, () => loaded);
 /** Resolves to the rs2p object once its WebAssembly module is loaded. */
-api.ready = wasm_bindgen({ module_or_path: new URL("rs2p.wasm?0fda6623bca9a98c", base) }).then(() => {
+api.ready = wasm_bindgen({ module_or_path: new URL("rs2p.wasm?ceff7863d1c4c38d", base) }).then(() => {
     loaded = true;
     return api;
 });

@@ -1,5 +1,5 @@
 // rs2p 0.1.0: a p2p-today 0.7 sync node in WebAssembly, with js2p's browser API (ES module).
-// Built by scripts/build-wasm.sh from crates/rs2p-wasm; do not edit. Module 0fda6623bca9a98c.
+// Built by scripts/build-wasm.sh from crates/rs2p-wasm; do not edit. Module ceff7863d1c4c38d.
 /**
  * A sync node: the protocol core and what a shell keeps around it.
  */
@@ -1148,7 +1148,7 @@ function rs2pShell(wasm, isLoaded) {
     return { base, sync, version: VERSION };
 }
 
-const wasmUrl = new URL("rs2p.wasm?0fda6623bca9a98c", import.meta.url);
+const wasmUrl = new URL("rs2p.wasm?ceff7863d1c4c38d", import.meta.url);
 let source = wasmUrl;
 if (wasmUrl.protocol === "file:") {
     // Node: read the module beside this file (fetch cannot read files).
