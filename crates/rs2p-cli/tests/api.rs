@@ -1446,9 +1446,13 @@ fn metrics_move_with_traffic() {
 
     let target = format!("127.0.0.1:{}", a.port);
     let b = Node::start(&["--connect", &target]);
+    // The counters are read a moment before the key count in one scrape:
+    // wait for both.
     let b1 = until("b's state transfer", || {
         let m = b.metrics();
-        (m.get("rs2p_keys", &[]) == 5.0).then_some(m)
+        (m.get("rs2p_keys", &[]) == 5.0
+            && m.get("rs2p_state_transfer_bytes_total", &[("direction", "in")]) > 0.0)
+            .then_some(m)
     });
     assert_eq!(b1.get("rs2p_peers", &[("kind", "rs2p")]), 1.0);
     assert!(b1.get("rs2p_state_transfer_bytes_total", &[("direction", "in")]) > 0.0);
@@ -1468,11 +1472,16 @@ fn metrics_move_with_traffic() {
             200
         );
     }
+    let got = |m: &Metrics, name: &str, l: &[(&str, &str)]| m.get(name, l) - a1.get(name, l);
+    // Counters and the key count are read at slightly different moments of
+    // a scrape: wait until all of them show the ten writes.
     let a2 = until("a to get b's writes", || {
         let m = a.metrics();
-        (m.get("rs2p_keys", &[]) == 15.0).then_some(m)
+        (m.get("rs2p_keys", &[]) == 15.0
+            && got(&m, "rs2p_broadcasts_received_total", &[]) >= 10.0
+            && got(&m, "rs2p_write_propagation_seconds_count", &[]) >= 10.0)
+            .then_some(m)
     });
-    let got = |m: &Metrics, name: &str, l: &[(&str, &str)]| m.get(name, l) - a1.get(name, l);
     assert!(got(&a2, "rs2p_frames_received_total", &[("type", "broadcast")]) >= 10.0);
     assert!(got(&a2, "rs2p_received_bytes_total", &[("type", "broadcast")]) >= 10.0 * 40.0);
     assert!(got(&a2, "rs2p_broadcasts_received_total", &[]) >= 10.0);
