@@ -6,9 +6,11 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::wire::{ids, Compression, Limits};
 
+pub(crate) mod tls;
+
 #[cfg(feature = "tls")]
-pub use crate::net::tls::TlsIdentity;
-pub use crate::net::tls::{CertFingerprint, TlsConfig, TlsVerify};
+pub use tls::TlsIdentity;
+pub use tls::{CertFingerprint, TlsConfig, TlsVerify};
 
 /// The transport, whose name is hashed into the protocol id (so nodes on
 /// different transports never share a subnet).
