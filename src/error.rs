@@ -284,7 +284,7 @@ pub enum Error {
     },
     /// `apply_delta` on a value that is not a map, or with a delta that is
     /// not a map.
-    #[error("key {key:?} holds a {found}, not a map")]
+    #[error("key {key:?} holds {} {found}, not a map", article(.found))]
     NotAMapping {
         /// The key, lossily rendered as text.
         key: String,
@@ -372,3 +372,31 @@ impl Error {
 
 /// Shorthand for results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// "an" before a type name that starts with a vowel ("an int", "a str").
+fn article(kind: &str) -> &'static str {
+    if kind.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Error;
+
+    #[test]
+    fn not_a_mapping_reads_as_english() {
+        let e = Error::NotAMapping {
+            key: "k".into(),
+            found: "int",
+        };
+        assert_eq!(e.to_string(), r#"key "k" holds an int, not a map"#);
+        let e = Error::NotAMapping {
+            key: "k".into(),
+            found: "str",
+        };
+        assert_eq!(e.to_string(), r#"key "k" holds a str, not a map"#);
+    }
+}

@@ -240,6 +240,11 @@ impl Actor {
                         Event::PeerLeft { id } => MeshEvent::PeerLeft {
                             id: String::from_utf8_lossy(&id).into_owned(),
                         },
+                        Event::PeerRefused { dialed, id, reason } => MeshEvent::PeerRefused {
+                            dialed,
+                            id: String::from_utf8_lossy(&id).into_owned(),
+                            reason,
+                        },
                     };
                     let _ = self.shared.events.send(ev);
                 }

@@ -112,6 +112,17 @@ pub enum MeshEvent {
         /// Its id.
         id: String,
     },
+    /// A handshake was refused and the connection dropped: the peer is on
+    /// another subnet or transport, or another node answers at a lost
+    /// peer's address.
+    PeerRefused {
+        /// Where we dialled, for a connection we opened.
+        dialed: Option<(String, u16)>,
+        /// The peer's id as its handshake gave it.
+        id: String,
+        /// Why, in words.
+        reason: &'static str,
+    },
     /// A user message was queued (the references' `message` event).
     Message(Message),
     /// This subscriber fell behind and missed that many events (the stream

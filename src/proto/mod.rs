@@ -118,6 +118,18 @@ pub enum Event {
         /// Its id.
         id: Vec<u8>,
     },
+    /// A handshake was refused and its connection dropped for a reason a
+    /// person should hear about (another subnet or transport, another node
+    /// answering at a lost peer's address). Routine refusals (a duplicate
+    /// connection, ourselves) are not reported.
+    PeerRefused {
+        /// Where we dialled, for a connection we opened.
+        dialed: Option<(String, u16)>,
+        /// The peer's id as its handshake gave it.
+        id: Vec<u8>,
+        /// Why, in words.
+        reason: &'static str,
+    },
 }
 
 /// A message no protocol rule consumed.

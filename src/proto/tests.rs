@@ -832,3 +832,37 @@ fn a_broadcast_lost_on_a_tree_link_is_grafted_from_an_announcer() {
         .sum();
     assert_eq!(after, dups, "the graft brought no duplicate");
 }
+
+/// A node on another subnet is refused, and the dialling side hears why
+/// (the `rs2p` command's start-up and the shell's `watch` show it).
+#[test]
+fn a_peer_on_another_subnet_is_refused_with_an_event() {
+    let mut net = Net::new(&["a", "b"]);
+    let settings = Settings::new(b"b".to_vec(), "other", ("h", 2));
+    net.nodes[1] = Node::new(settings, Some(Replica::new(net.dicts[1].clone(), true)), 1);
+    net.connect(0, 1);
+    net.settle();
+    let refused: Vec<_> = net
+        .events
+        .iter()
+        .filter_map(|(i, e)| match e {
+            Event::PeerRefused { dialed, id, reason } => {
+                Some((*i, dialed.clone(), id.clone(), *reason))
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(
+        refused.contains(&(
+            0,
+            Some(("h".to_string(), 2)),
+            b"b".to_vec(),
+            "peer on another subnet or transport"
+        )),
+        "{refused:?}"
+    );
+    assert!(!net
+        .events
+        .iter()
+        .any(|(_, e)| matches!(e, Event::PeerJoined { .. })));
+}

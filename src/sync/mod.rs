@@ -92,7 +92,12 @@ impl SyncSocket {
         let mesh = MeshSocket::bind_with(mesh_cfg, Some(parts)).await?;
         let committer = match &store {
             Some(st) => {
-                st.save_id(mesh.id())?;
+                // The node is already listening: close it rather than
+                // leave a mesh running behind a failed bind.
+                if let Err(e) = st.save_id(mesh.id()) {
+                    mesh.close().await;
+                    return Err(e);
+                }
                 let stop = Arc::new(tokio::sync::Notify::new());
                 Some((stop.clone(), st.spawn_committer(stop)))
             }

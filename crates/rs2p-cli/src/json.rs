@@ -315,6 +315,12 @@ fn mesh_event_json(ev: MeshEvent) -> Option<Json> {
             "addr": addr_json(addr.as_ref()),
         }),
         MeshEvent::PeerLeft { id } => json!({"event": "peer_left", "id": id}),
+        MeshEvent::PeerRefused { dialed, id, reason } => json!({
+            "event": "peer_refused",
+            "id": id,
+            "dialed": addr_json(dialed.as_ref()),
+            "reason": reason,
+        }),
         _ => return None,
     })
 }

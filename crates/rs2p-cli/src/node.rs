@@ -92,6 +92,8 @@ impl Node {
             tokio::select! {
                 ev = events.next() => match ev {
                     Some(MeshEvent::PeerJoined { .. }) => return Ok(()),
+                    // Say why at once rather than at the next poll.
+                    Some(MeshEvent::PeerRefused { .. }) => break true,
                     Some(_) => {}
                     None => return Err("the node closed".into()),
                 },

@@ -307,6 +307,12 @@ fn mesh_line(ev: MeshEvent) -> Option<String> {
             format!("[peer joined] {}{at}\n", human::short_id(&id))
         }
         MeshEvent::PeerLeft { id } => format!("[peer left] {}\n", human::short_id(&id)),
+        MeshEvent::PeerRefused { dialed, id, reason } => {
+            let at = dialed.map_or_else(String::new, |(host, port)| {
+                format!(" at {}", HostPort { host, port })
+            });
+            format!("[peer refused] {}{at}: {reason}\n", human::short_id(&id))
+        }
         _ => return None,
     })
 }

@@ -11,6 +11,13 @@ use crate::wire::packet::{Handshake, PeerEntry};
 use crate::wire::{ids, Packed};
 
 impl Mesh {
+    /// Drops a connection whose handshake was refused, and tells the user.
+    fn refuse(&mut self, conn: ConnId, id: Vec<u8>, reason: &'static str, now: Now) {
+        let dialed = self.links.get(&conn).and_then(|c| c.dialed.clone());
+        self.push(Output::Event(Event::PeerRefused { dialed, id, reason }));
+        self.drop_conn(conn, reason, now);
+    }
+
     /// A handshake. Returns true on the first one of a connection.
     ///
     /// Rules: a peer on another subnet, ourselves, a blocked peer, or (on a
@@ -28,7 +35,7 @@ impl Mesh {
                 ours = %bytes_text(&self.cfg.protocol_id),
                 "peer on another subnet/protocol: connection refused"
             );
-            self.drop_conn(conn, "peer on another subnet", now);
+            self.refuse(conn, h.id, "peer on another subnet or transport", now);
             return false;
         }
         if h.id == self.cfg.id {
@@ -41,7 +48,12 @@ impl Mesh {
         }
         if let Some(want) = self.links.get(&conn).and_then(|c| c.expected_id.as_ref()) {
             if *want != h.id {
-                self.drop_conn(conn, "another node answers at a lost peer's address", now);
+                self.refuse(
+                    conn,
+                    h.id,
+                    "another node answers at a lost peer's address",
+                    now,
+                );
                 return false;
             }
         }
