@@ -50,18 +50,23 @@ TARGET_DIR="$ROOT/.wasm-toolchain/target"
 # Debian's compiler and cargo (not rustup's), std rebuilt for wasm32 from
 # rust-web-src. Panics abort without location strings: smaller, and the
 # output does not depend on the checkout's path. The release profile is
-# set here rather than in the workspace's Cargo.toml.
+# set here rather than in the workspace's Cargo.toml. For size (docs/
+# benchmarks.md): std's `optimize_for_size` (small sorts and formatting,
+# ~14 KB less code), and the bulk-memory and non-trapping float-to-int
+# instructions (memory.copy/fill instead of loops in code, casts without
+# range checks), which every browser since 2021 and Node 12+ run and which
+# newer rustc enables by default for this target.
 (
     export LD_LIBRARY_PATH="$RS2P_WASM_LD_LIBRARY_PATH${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     export RUSTC="$RS2P_WASM_RUSTC" RUSTDOC=false RUSTC_BOOTSTRAP=1
-    export RUSTFLAGS="-Zlocation-detail=none --remap-path-prefix=$ROOT=/rs2p --remap-path-prefix=$HOME=/home"
+    export RUSTFLAGS="-Zlocation-detail=none --remap-path-prefix=$ROOT=/rs2p --remap-path-prefix=$HOME=/home -Ctarget-feature=+bulk-memory,+nontrapping-fptoint"
     export CARGO_PROFILE_RELEASE_OPT_LEVEL=z CARGO_PROFILE_RELEASE_LTO=fat
     export CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 CARGO_PROFILE_RELEASE_PANIC=abort
     export CARGO_PROFILE_RELEASE_DEBUG=false
     unset RUSTC_WRAPPER CARGO_BUILD_RUSTC_WRAPPER
     "$RS2P_WASM_CARGO" build --locked --release -p rs2p-wasm \
         --target wasm32-unknown-unknown \
-        -Zbuild-std=std,panic_abort -Zbuild-std-features=panic_immediate_abort \
+        -Zbuild-std=std,panic_abort -Zbuild-std-features=panic_immediate_abort,optimize_for_size \
         --target-dir "$TARGET_DIR" --quiet
 )
 WASM="$TARGET_DIR/wasm32-unknown-unknown/release/rs2p_wasm.wasm"
@@ -79,6 +84,9 @@ DEST="$OUT"
 [ $check = 1 ] && DEST="$WORK/out"
 mkdir -p "$DEST"
 node "$ROOT/crates/rs2p-wasm/js/assemble.mjs" "$WORK" "$DEST"
+# assemble.mjs strips comments and indentation: the outputs must still parse.
+node --check "$DEST/rs2p.js"
+node --check "$DEST/rs2p.mjs"
 
 if [ $check = 1 ]; then
     stale=0

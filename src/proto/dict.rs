@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use super::ordered::{Keyed, Ordered};
+use super::ordered::{HashKeys, Keyed, Ordered};
 use crate::proto::sync::{supersedes, write_allowed, Meta, Refused, Version, WriteKind};
 use crate::value::Value;
 use crate::wire::{msgpack, Limits};
@@ -308,6 +308,13 @@ pub struct Dict {
 }
 
 impl Dict {
+    /// Hashes the keys of entries and tombstones under `keys` from now on
+    /// (`Node::new` draws them from its seed: see `HashKeys`).
+    pub(crate) fn rekey(&mut self, keys: HashKeys) {
+        self.map.map.rekey(keys);
+        self.tombs.rekey(keys);
+    }
+
     /// The shared copy of an owner id.
     fn owner(&mut self, id: &[u8]) -> Arc<[u8]> {
         if let Some(o) = self.owners.iter().find(|o| ***o == *id) {

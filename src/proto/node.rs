@@ -8,6 +8,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use super::mesh::{Mesh, NodeStats, PeerInfo, Settings, Upcall};
+use super::ordered::HashKeys;
 use super::replica::{Replica, Room};
 use super::{ConnId, Event, Now, Output, Received};
 use crate::error::{Error, Result};
@@ -34,6 +35,17 @@ impl Node {
     /// A node; with a [`Replica`], a sync node. `seed` seeds the only
     /// randomness the rules use.
     pub fn new(settings: Settings, replica: Option<Replica>, seed: u64) -> Node {
+        if let Some(r) = &replica {
+            // The dictionary's hash keys, secret as the seed is: std has
+            // no randomness for them on wasm32. Derived from the seed
+            // apart from the generator, so the rules' draws stay as they
+            // were (and the simulator's runs with them).
+            let keys = HashKeys::from_seed(seed);
+            r.dict()
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .rekey(keys);
+        }
         Node {
             mesh: Mesh::new(settings, StdRng::seed_from_u64(seed)),
             replica,

@@ -24,12 +24,57 @@ pub(crate) struct Ordered<E> {
     slots: Vec<Option<E>>,
     /// Positions in `slots` of the live entries, by key hash.
     index: HashTable<usize>,
-    /// SipHash with per-map random keys: keys come from the network.
-    hasher: std::collections::hash_map::RandomState,
+    /// SipHash with secret keys: keys come from the network.
+    hasher: HashKeys,
     /// Live entries.
     live: usize,
     /// Every slot before this one is a hole.
     head: usize,
+}
+
+/// The secret keys of a map's SipHash (keys come from the network, so
+/// their hashes must not be predictable). By default random per map, from
+/// std's `RandomState`; but on wasm32-unknown-unknown std has no randomness
+/// and `RandomState`'s keys are fixed, so the node re-keys its dictionary
+/// from its seed ([`HashKeys::from_seed`]).
+#[derive(Clone, Copy)]
+pub(crate) struct HashKeys(u64, u64);
+
+impl HashKeys {
+    /// Keys as secret as `seed`: two SplitMix64 outputs of it. (Not a
+    /// second ChaCha generator: its block function would be linked into
+    /// the browser bundle twice.)
+    pub fn from_seed(seed: u64) -> HashKeys {
+        let mut state = seed;
+        let mut next = || {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        HashKeys(next(), next())
+    }
+}
+
+impl Default for HashKeys {
+    fn default() -> Self {
+        // RandomState's own keys are not readable; two hashes under them
+        // are as secret (random natively).
+        let s = std::collections::hash_map::RandomState::new();
+        HashKeys(s.hash_one(0u8), s.hash_one(1u8))
+    }
+}
+
+// std's SipHasher (SipHash-2-4) is deprecated only in favour of
+// DefaultHasher, which cannot be keyed.
+#[allow(deprecated)]
+impl BuildHasher for HashKeys {
+    type Hasher = std::hash::SipHasher;
+
+    fn build_hasher(&self) -> Self::Hasher {
+        std::hash::SipHasher::new_with_keys(self.0, self.1)
+    }
 }
 
 impl<E> Default for Ordered<E> {
@@ -137,6 +182,12 @@ impl<E: Keyed> Ordered<E> {
         }
     }
 
+    /// Hashes every key again under `keys` from now on.
+    pub fn rekey(&mut self, keys: HashKeys) {
+        self.hasher = keys;
+        self.compact();
+    }
+
     fn compact(&mut self) {
         self.slots.retain(Option::is_some);
         self.slots.shrink_to(self.slots.len().max(MIN_HOLES) * 2);
@@ -172,11 +223,7 @@ impl<E: Keyed> Ordered<E> {
     }
 }
 
-fn rehash<E: Keyed>(
-    hasher: &std::collections::hash_map::RandomState,
-    slots: &[Option<E>],
-    i: usize,
-) -> u64 {
+fn rehash<E: Keyed>(hasher: &HashKeys, slots: &[Option<E>], i: usize) -> u64 {
     // The index only holds positions of live entries.
     slots[i].as_ref().map_or(0, |e| hasher.hash_one(e.key()))
 }
@@ -197,6 +244,7 @@ mod tests {
         Insert(u8, u32),
         Remove(u8),
         PopFirst,
+        Rekey(u64),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -204,6 +252,7 @@ mod tests {
             (any::<u8>(), any::<u32>()).prop_map(|(k, v)| Op::Insert(k % 64, v)),
             any::<u8>().prop_map(|k| Op::Remove(k % 64)),
             Just(Op::PopFirst),
+            any::<u64>().prop_map(Op::Rekey),
         ]
     }
 
@@ -234,6 +283,11 @@ mod tests {
                         let want = if model.is_empty() { None } else { Some(model.remove(0)) };
                         prop_assert_eq!(m.pop_first(), want);
                     }
+                    Op::Rekey(seed) => {
+                        let keys = HashKeys::from_seed(seed);
+                        m.rekey(keys);
+                        prop_assert_eq!(m.hash(b"k"), keys.hash_one(b"k".as_slice()));
+                    }
                 }
                 prop_assert_eq!(m.len(), model.len());
                 prop_assert!(m.iter().eq(model.iter()));
@@ -243,6 +297,21 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn keys_decide_the_hashes() {
+        // Hashes depend on the keys, so a peer cannot aim at the buckets
+        // without them (on wasm32 RandomState's keys are fixed).
+        let a = HashKeys(1, 2);
+        let b = HashKeys(1, 3);
+        assert_ne!(a.hash_one(b"key"), b.hash_one(b"key"));
+        assert_eq!(a.hash_one(b"key"), HashKeys(1, 2).hash_one(b"key"));
+        let (e, f) = (HashKeys::from_seed(1), HashKeys::from_seed(2));
+        assert_ne!((e.0, e.1), (f.0, f.1));
+        assert_ne!(e.0, e.1);
+        let (c, d) = (HashKeys::default(), HashKeys::default());
+        assert_ne!((c.0, c.1), (d.0, d.1), "default keys are per map");
     }
 
     #[test]

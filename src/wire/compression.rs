@@ -136,9 +136,11 @@ impl Compression {
             }
             #[cfg(not(feature = "native-compression"))]
             Compression::Bz2 | Compression::Lzma => Err(not_built(self)),
+            // Its message, not the error: boxed in an io::Error, snap's
+            // error would link its Debug impl into the browser bundle.
             Compression::Snappy => snap::raw::Encoder::new()
                 .compress_vec(data)
-                .map_err(std::io::Error::other),
+                .map_err(|e| std::io::Error::other(e.to_string())),
         };
         res.unwrap_or_default()
     }

@@ -23,9 +23,31 @@ const root = join(here, "..", "..", "..");
 const version = (readFileSync(join(root, "Cargo.toml"), "utf8").match(/\[workspace\.package\][^[]*?\nversion = "([^"]+)"/) || [])[1];
 if (!version) throw new Error("no workspace version in Cargo.toml");
 
+/**
+ * `text` without its whole-line comments (`/** ... *\/` blocks and `//`
+ * lines) and leading indentation: a page downloads the bundle, its readers
+ * have shell.js and the crate's docs. Only whole lines go, so code and
+ * strings are untouched; a template literal spanning lines (whose lines
+ * this would change) is refused.
+ */
+function strip(text) {
+    const code = text
+        // A block ends at its first "*/", which must end its line.
+        .replace(/^[ \t]*\/\*\*(?:(?!\*\/)[\s\S])*\*\/[ \t]*\n/gm, "")
+        .replace(/^[ \t]*\/\/.*\n/gm, "");
+    // A template literal spanning lines opens on a code line with an odd
+    // number of backticks.
+    for (const line of code.split("\n")) {
+        if ((line.split("`").length - 1) % 2 !== 0) {
+            throw new Error(`a template literal spans lines; strip() would change it: ${line}`);
+        }
+    }
+    return code.replace(/^[ \t]+/gm, "");
+}
+
 const wasm = readFileSync(join(work, "web", "rs2p_wasm_bg.wasm"));
 const tag = createHash("sha256").update(wasm).digest("hex").slice(0, 16);
-const shell = readFileSync(join(here, "shell.js"), "utf8").replace("__RS2P_VERSION__", version);
+const shell = strip(readFileSync(join(here, "shell.js"), "utf8").replace("__RS2P_VERSION__", version));
 
 /** Replaces `from` by `to` in `text`, exactly `count` times. */
 function edit(text, from, to, count = 1) {
@@ -46,6 +68,7 @@ const exported = glue.match(/^export (class|function) \w+/gm) || [];
 for (const e of exported) glue = edit(glue, "\n" + e, "\n" + e.slice("export ".length));
 glue = edit(glue, "export { initSync, __wbg_init as default };", "");
 if (/^export /m.test(glue)) throw new Error("wasm-bindgen glue has exports this script does not know");
+glue = strip(glue);
 const mjs = `${header("ES module")}${glue}
 ${shell}
 const wasmUrl = new URL("rs2p.wasm?${tag}", import.meta.url);
@@ -69,7 +92,7 @@ export default api;
 `;
 
 // ----- the classic script: the no-modules glue inside a function.
-const classicGlue = readFileSync(join(work, "classic", "rs2p_wasm.js"), "utf8");
+const classicGlue = strip(readFileSync(join(work, "classic", "rs2p_wasm.js"), "utf8"));
 if (!/^let wasm_bindgen/m.test(classicGlue)) throw new Error("wasm-bindgen no-modules glue changed");
 const js = `${header("classic script; defines the global rs2p")}(function (root) {
 "use strict";
