@@ -142,7 +142,6 @@ impl Mesh {
         now: Now,
     ) {
         let skip_js = is_live_delete(payload);
-        self.delivered(packed, now);
         let from = from_conn.and_then(|c| self.links.get(&c));
         let relayed_by = from.map(|c| &c.neighbours);
         // A peer in the tree does not push to its lazy tree links, so only
@@ -165,6 +164,7 @@ impl Mesh {
         self.stats.relays_pruned += pruned_count;
         let (targets, lazy): (Vec<ConnId>, Vec<ConnId>) =
             targets.into_iter().partition(|c| self.eager(*c));
+        self.delivered(packed, !lazy.is_empty(), now);
         for conn in lazy {
             self.announce(conn, crate::proto::seen::fingerprint(&packed.id()), now);
         }

@@ -80,6 +80,10 @@ struct Link {
     tree: bool,
     lazy: bool,
     announce: Vec<tree::Fingerprint>,
+    /// When the pending announcements go out, and the gap between two
+    /// batches on this link (it grows while the peer never grafts).
+    announce_at: Option<Duration>,
+    announce_gap: Duration,
     /// The neighbour list last sent on this link.
     told_neighbours: Option<Vec<Vec<u8>>>,
     /// When a frame last arrived, and whether the silence since was probed.
@@ -112,6 +116,8 @@ impl Link {
             tree: false,
             lazy: false,
             announce: Vec::new(),
+            announce_at: None,
+            announce_gap: tree::ANNOUNCE_AFTER,
             told_neighbours: None,
             last_recv: now.elapsed,
             probed: false,

@@ -31,6 +31,9 @@ impl Mesh {
         };
         self.push(Output::Close { conn });
         tracing::debug!(conn, %reason, "dropping connection");
+        if c.tree && !c.lazy {
+            self.tree_changed(now);
+        }
         let Some(peer_id) = c.peer_id.clone() else {
             return;
         };

@@ -28,6 +28,12 @@ pub type Fingerprint = u64;
 /// Announcements wait this long to be sent together: they are for repair,
 /// and each costs a frame per link out of the tree.
 pub const ANNOUNCE_AFTER: Duration = Duration::from_millis(100);
+/// The gap between two announcement batches on a link doubles after each
+/// batch the peer did not graft from, up to this. In a settled tree every
+/// announcement is redundant (at 16 nodes they were most of the frames
+/// and of the CPU per write); a graft on the link, or any change of the
+/// tree at this node, brings the gap back to [`ANNOUNCE_AFTER`].
+pub const MAX_ANNOUNCE_GAP: Duration = Duration::from_secs(2);
 /// An announced message not received this long after the announcement is
 /// grafted from its announcer.
 pub const GRAFT_AFTER: Duration = Duration::from_millis(150);
@@ -90,8 +96,6 @@ pub(super) struct Missing {
 pub(super) struct Tree {
     pub(super) cache: Cache,
     pub(super) missing: BTreeMap<Fingerprint, Missing>,
-    /// When pending announcements go out.
-    pub(super) announce_due: Option<Duration>,
 }
 
 fn ids_payload(flag: u8, ids: &[Fingerprint]) -> Vec<Value> {
@@ -111,8 +115,20 @@ impl Mesh {
     pub(super) fn announce(&mut self, conn: ConnId, id: Fingerprint, now: Now) {
         if let Some(c) = self.links.get_mut(&conn) {
             c.announce.push(id);
-            if self.tree.announce_due.is_none() {
-                self.tree.announce_due = Some(now.elapsed + ANNOUNCE_AFTER);
+            if c.announce_at.is_none() {
+                c.announce_at = Some(now.elapsed + c.announce_gap);
+            }
+        }
+    }
+
+    /// The tree changed at this node (a prune, a graft, a tree link lost):
+    /// peers around may now miss broadcasts, so announcements go out at
+    /// the shortest gap again.
+    pub(super) fn tree_changed(&mut self, now: Now) {
+        for c in self.links.values_mut().filter(|c| c.tree) {
+            c.announce_gap = ANNOUNCE_AFTER;
+            if let Some(at) = c.announce_at.as_mut() {
+                *at = (*at).min(now.elapsed + ANNOUNCE_AFTER);
             }
         }
     }
@@ -141,12 +157,18 @@ impl Mesh {
         c.lazy = true;
         self.stats.tree_prunes += 1;
         self.whisper_to(conn, &[Value::from(sub::RS2P_PRUNE)], now);
+        self.tree_changed(now);
     }
 
-    /// A broadcast was received (or sent) for the first time.
-    pub(super) fn delivered(&mut self, packed: &Packed, now: Now) {
+    /// A broadcast was received (or sent) for the first time; `announced`
+    /// when its id goes to at least one lazy link. Only those are kept for
+    /// grafts: a graft asks the announcer (a node with no lazy link, alone
+    /// or among py2p and js2p peers, keeps nothing).
+    pub(super) fn delivered(&mut self, packed: &Packed, announced: bool, now: Now) {
         self.tree.missing.remove(&fingerprint(&packed.id()));
-        self.tree.cache.put(packed, now.elapsed);
+        if announced {
+            self.tree.cache.put(packed, now.elapsed);
+        }
     }
 
     /// The peer on `conn` pruned us: stop pushing to it — unless that
@@ -162,6 +184,7 @@ impl Mesh {
         if let Some(c) = self.links.get_mut(&conn) {
             c.lazy = true;
         }
+        self.tree_changed(now);
     }
 
     /// The peer on `conn` announced ids.
@@ -196,6 +219,7 @@ impl Mesh {
             return;
         };
         c.lazy = false;
+        self.tree_changed(now);
         for id in ids {
             if let Some(packed) = self.tree.cache.get(&id).cloned() {
                 self.send_packed(conn, &packed, now);
@@ -206,7 +230,8 @@ impl Mesh {
     /// When the tree's timers are next due.
     pub(super) fn tree_timeout(&self) -> Option<Duration> {
         let graft = self.tree.missing.values().map(|m| m.due).min();
-        match (graft, self.tree.announce_due) {
+        let announce = self.links.values().filter_map(|c| c.announce_at).min();
+        match (graft, announce) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -215,13 +240,16 @@ impl Mesh {
     /// Sends pending announcements, and grafts what is overdue.
     pub(super) fn tree_timers(&mut self, now: Now) {
         let t = now.elapsed;
-        if self.tree.announce_due.is_some_and(|d| d <= t) {
-            self.tree.announce_due = None;
+        {
             let pending: Vec<(ConnId, Vec<Fingerprint>)> = self
                 .links
                 .iter_mut()
-                .filter(|(_, c)| !c.announce.is_empty())
-                .map(|(conn, c)| (*conn, std::mem::take(&mut c.announce)))
+                .filter(|(_, c)| c.announce_at.is_some_and(|at| at <= t))
+                .map(|(conn, c)| {
+                    c.announce_at = None;
+                    c.announce_gap = (c.announce_gap * 2).min(MAX_ANNOUNCE_GAP);
+                    (*conn, std::mem::take(&mut c.announce))
+                })
                 .collect();
             for (conn, ids) in pending {
                 for chunk in ids.chunks(MAX_IDS) {
@@ -259,6 +287,7 @@ impl Mesh {
                         c.lazy = false;
                     }
                     self.stats.tree_grafts += 1;
+                    self.tree_changed(now);
                     let payload = ids_payload(sub::RS2P_GRAFT, &[id]);
                     let packed = Packed::new(main::WHISPER, &self.cfg.id, now.unix, &payload);
                     self.send_packed(conn, &packed, now);
