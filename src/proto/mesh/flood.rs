@@ -165,8 +165,9 @@ impl Mesh {
         let (targets, lazy): (Vec<ConnId>, Vec<ConnId>) =
             targets.into_iter().partition(|c| self.eager(*c));
         self.delivered(packed, !lazy.is_empty(), now);
+        let id = crate::proto::seen::fingerprint(&packed.id());
         for conn in lazy {
-            self.announce(conn, crate::proto::seen::fingerprint(&packed.id()), now);
+            self.announce(conn, id, now);
         }
         if from_conn.is_some() {
             self.stats.relays += targets.len() as u64;

@@ -240,23 +240,21 @@ impl Mesh {
     /// Sends pending announcements, and grafts what is overdue.
     pub(super) fn tree_timers(&mut self, now: Now) {
         let t = now.elapsed;
-        {
-            let pending: Vec<(ConnId, Vec<Fingerprint>)> = self
-                .links
-                .iter_mut()
-                .filter(|(_, c)| c.announce_at.is_some_and(|at| at <= t))
-                .map(|(conn, c)| {
-                    c.announce_at = None;
-                    c.announce_gap = (c.announce_gap * 2).min(MAX_ANNOUNCE_GAP);
-                    (*conn, std::mem::take(&mut c.announce))
-                })
-                .collect();
-            for (conn, ids) in pending {
-                for chunk in ids.chunks(MAX_IDS) {
-                    let payload = ids_payload(sub::RS2P_IHAVE, chunk);
-                    let packed = Packed::new(main::WHISPER, &self.cfg.id, now.unix, &payload);
-                    self.send_packed(conn, &packed, now);
-                }
+        let pending: Vec<(ConnId, Vec<Fingerprint>)> = self
+            .links
+            .iter_mut()
+            .filter(|(_, c)| c.announce_at.is_some_and(|at| at <= t))
+            .map(|(conn, c)| {
+                c.announce_at = None;
+                c.announce_gap = (c.announce_gap * 2).min(MAX_ANNOUNCE_GAP);
+                (*conn, std::mem::take(&mut c.announce))
+            })
+            .collect();
+        for (conn, ids) in pending {
+            for chunk in ids.chunks(MAX_IDS) {
+                let payload = ids_payload(sub::RS2P_IHAVE, chunk);
+                let packed = Packed::new(main::WHISPER, &self.cfg.id, now.unix, &payload);
+                self.send_packed(conn, &packed, now);
             }
         }
         let overdue: Vec<Fingerprint> = self
