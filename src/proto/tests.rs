@@ -833,6 +833,56 @@ fn a_broadcast_lost_on_a_tree_link_is_grafted_from_an_announcer() {
     assert_eq!(after, dups, "the graft brought no duplicate");
 }
 
+/// In a settled tree the announcements on a lazy link are redundant: the
+/// gap between two batches doubles up to `MAX_ANNOUNCE_GAP`, so a steady
+/// stream of broadcasts costs a few announcement frames per link, not one
+/// per `ANNOUNCE_AFTER`.
+#[test]
+fn announcements_back_off_while_the_tree_is_settled() {
+    use super::mesh::{ANNOUNCE_AFTER, MAX_ANNOUNCE_GAP};
+    let mut net = Net::new(&["A", "B", "C"]);
+    net.connect(1, 0);
+    net.connect(2, 1);
+    net.advance(Duration::from_secs(3));
+    let user = |i: i64| [Value::from(sub::BROADCAST), Value::from(i)];
+    let every = Duration::from_millis(50);
+    let broadcast = |net: &mut Net, i: i64| {
+        let now = net.now;
+        net.nodes[0].send(main::BROADCAST, &user(i), now);
+        net.settle();
+        net.advance(every);
+    };
+    // The tree forms (a prune) and the gaps grow.
+    for i in 0..100 {
+        broadcast(&mut net, i);
+    }
+    let st: Vec<_> = net.nodes.iter().map(Node::stats).collect();
+    assert!(st.iter().map(|s| s.tree_prunes).sum::<u64>() >= 1, "{st:?}");
+    let whispers =
+        |net: &Net| -> u64 { net.nodes.iter().map(|n| n.stats().tree_announcements).sum() };
+    let before = whispers(&net);
+    let window = 4 * MAX_ANNOUNCE_GAP;
+    let count = (window.as_millis() / every.as_millis()) as i64;
+    for i in 0..count {
+        broadcast(&mut net, 100 + i);
+    }
+    let sent = whispers(&net) - before;
+    // Each lazy direction (at most 2 in a triangle) sends about one batch
+    // per MAX_ANNOUNCE_GAP: 8 or so in the window, where a fixed
+    // ANNOUNCE_AFTER would have sent 80.
+    let fixed = 2 * (window.as_millis() / ANNOUNCE_AFTER.as_millis()) as u64;
+    assert!(
+        sent <= 12,
+        "{sent} announcements in {window:?} (a fixed gap: {fixed})"
+    );
+    assert!(sent >= 2, "{sent}: the lazy link still hears of broadcasts");
+    // Every broadcast reached both other nodes once.
+    for n in [1, 2] {
+        let got = net.received.iter().filter(|(k, _)| *k == n).count() as i64;
+        assert_eq!(got, 100 + count, "node {n}");
+    }
+}
+
 /// A node on another subnet is refused, and the dialling side hears why
 /// (the `rs2p` command's start-up and the shell's `watch` show it).
 #[test]

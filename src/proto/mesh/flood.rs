@@ -291,6 +291,10 @@ impl Mesh {
                 Admit::Expired => return Upcall::Done,
             }
             self.stats.broadcasts_received += 1;
+            if let Some(c) = self.links.get_mut(&conn) {
+                c.dup_streak = 0;
+                c.delivered_first = true;
+            }
             self.flood(&packed, &msg.payload, Some(conn), Some(&msg.sender), now);
         }
         match packet {

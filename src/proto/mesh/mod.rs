@@ -27,7 +27,7 @@ mod tree;
 mod types;
 
 pub use timers::{PROBE_AFTER, STALLED_AFTER};
-pub use tree::{ANNOUNCE_AFTER, GRAFT_AFTER};
+pub use tree::{ANNOUNCE_AFTER, GRAFT_AFTER, MAX_ANNOUNCE_GAP, PRUNE_USEFUL_AFTER};
 pub use types::{NodeStats, PeerInfo, PeerKind, Settings};
 
 /// Longest wait between two re-dials of a lost peer.
@@ -84,6 +84,10 @@ struct Link {
     /// batches on this link (it grows while the peer never grafts).
     announce_at: Option<Duration>,
     announce_gap: Duration,
+    /// Duplicates in a row on this link, and whether it ever delivered a
+    /// first copy: when it leaves the tree (see `PRUNE_USEFUL_AFTER`).
+    dup_streak: u32,
+    delivered_first: bool,
     /// The neighbour list last sent on this link.
     told_neighbours: Option<Vec<Vec<u8>>>,
     /// When a frame last arrived, and whether the silence since was probed.
@@ -118,6 +122,8 @@ impl Link {
             announce: Vec::new(),
             announce_at: None,
             announce_gap: tree::ANNOUNCE_AFTER,
+            dup_streak: 0,
+            delivered_first: false,
             told_neighbours: None,
             last_recv: now.elapsed,
             probed: false,

@@ -59,6 +59,8 @@ pub struct NodeStats {
     pub tree_prunes: u64,
     /// Grafts sent for announced broadcasts that did not arrive in time.
     pub tree_grafts: u64,
+    /// Announcement frames sent (batches of ids on links out of the tree).
+    pub tree_announcements: u64,
     /// Broadcasts received for the first time (not counting our own).
     pub broadcasts_received: u64,
     /// Broadcasts received again (every neighbour relays them), or our
