@@ -122,6 +122,28 @@
 //!   over 2 MiB), and sends its handshake first on both sides (js2p's
 //!   listener waits for the dialer's).
 //!
+//! ## The rs2p-only messages
+//!
+//! All are whispers (`[sub-flag, ...]` after the usual header), sent only
+//! on links whose handshake listed the matching capability after the 0x2f
+//! marker. py2p and js2p never list those values (they intersect the list
+//! with the methods they know), so they never receive any of these and
+//! their traffic is exactly the references' own.
+//!
+//! | sub-flag | payload | capability | what for |
+//! |---|---|---|---|
+//! | 0x2f neighbours | `[0x2f, [node id, ...]]` | marker 0x2f | relay pruning (older rs2p nodes) |
+//! | 0x2e sync | `[0x2e, session, [[mode, lo, hi, data], ...]]` (mode 1 `[count, sum]`, 2 a split `[count, sum, ...]`, 3 `[key hash, version hash, ...]`) | 0x2e | set reconciliation: on connect, every 30 s, when a peer is lost |
+//! | 0x2d want | `[0x2d, [key hash, ...]]` | 0x2e | the versions to send after comparing item lists |
+//! | 0x2c probe | `[0x2c, 0]`, answered `[0x2c, 1]` | marker 0x2f | keepalive after 10 s of silence, dropped after 30 s more |
+//! | 0x2b announce | `[0x2b, [id, ...]]` (ids: the first 8 bytes of a broadcast's id, as u64) | 0x2d | lazy push on links out of the tree: batched, 100 ms doubling to 2 s while the tree is settled |
+//! | 0x2a graft | `[0x2a, [id, ...]]` | 0x2d | "push to me again, and send me these": an announced broadcast missing 150 ms later |
+//! | 0x29 prune | `[0x29]` | 0x2d | "stop pushing to me": a duplicate came on the link (after 16 in a row on a link that ever delivered a first copy) |
+//!
+//! Every count in them is capped (ids per announcement or graft, ranges,
+//! items and want lists per reconciliation message, rounds per session); a
+//! malformed one is ignored with the link kept.
+//!
 //! # Crate features
 //!
 //! - `net` (default): the tokio shell — [`config`], [`MeshSocket`],
