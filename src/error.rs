@@ -303,9 +303,10 @@ pub enum Error {
     /// its source.
     #[error("store error: {0}")]
     Store(#[from] StoreError),
-    /// A value nests deeper than every node can read back (peers decode
-    /// at most [`Limits::max_depth`](crate::wire::Limits) levels, the store
-    /// one less): refused before anything is written.
+    /// A value nests deeper than every node can read back (peers and the
+    /// store decode values of at most
+    /// [`Limits::max_depth`](crate::wire::Limits) levels): refused before
+    /// anything is written.
     #[error("value for key {key:?} nests {depth} levels deep; at most {max} can be replicated")]
     ValueTooDeep {
         /// The key, lossily rendered as text.

@@ -100,7 +100,7 @@
 //!   peers request `'*'`) and dropped after 30 s of silence. py2p and js2p
 //!   never receive any of these messages;
 //! - refuses a local write whose value a peer or the store could not read
-//!   back (nested deeper than 63 levels, or in a message over the frame
+//!   back (nested deeper than 64 levels, or in a message over the frame
 //!   limit) with [`Error::ValueTooDeep`] / [`Error::ValueTooLarge`], and
 //!   skips, without dropping the link, a peer's frame over a limit (py2p
 //!   has none);

@@ -106,3 +106,35 @@ async fn a_database_that_cannot_be_opened_names_the_file() {
     assert!(matches!(e, StoreError::Io { .. }), "{e:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The deepest value a local write accepts is the deepest a peer decodes,
+/// and it reads back from the store after a restart (a value one level
+/// deeper is refused before anything is written). Earlier the in-memory
+/// table took any depth and the store's decoder stopped at 64: an
+/// acknowledged write was lost on restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deepest_value_allowed_survives_a_restart() {
+    use rs2p::wire::Limits;
+    use rs2p::Value;
+    let nested = |levels: usize| {
+        let mut v = Value::from(1);
+        for _ in 1..levels {
+            v = Value::Array(vec![v]);
+        }
+        v
+    };
+    let max = Limits::default().max_depth;
+    let dir = scratch("deep");
+    let node = bind(&dir).await.unwrap();
+    node.set("deep", nested(max)).await.unwrap();
+    let err = node.set("deeper", nested(max + 1)).await.unwrap_err();
+    assert!(matches!(err, Error::ValueTooDeep { .. }), "{err:?}");
+    node.close().await;
+    drop(node);
+    let node = bind(&dir).await.unwrap();
+    assert_eq!(node.get("deep"), Some(nested(max)));
+    assert_eq!(node.get("deeper"), None);
+    node.close().await;
+    drop(node);
+    let _ = std::fs::remove_dir_all(&dir);
+}

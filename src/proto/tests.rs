@@ -569,7 +569,8 @@ fn values_peers_could_not_read_are_refused_before_anything_is_sent() {
     let mut net = Net::new(&["A", "B"]);
     net.connect(0, 1);
     let now = net.now;
-    let max = Limits::default().max_depth - 1;
+    // What a peer's decoder accepts, no more and no less.
+    let max = Limits::default().max_depth;
     net.nodes[0]
         .set(b"deep".to_vec(), nested(max), now)
         .unwrap();

@@ -510,12 +510,13 @@ const STORE_OVERHEAD: usize = 96;
 
 /// One set of limits for every local write: a value is refused, before
 /// anything is written, when a peer or the store could not read it back —
-/// nested deeper than `max_depth - 1` levels (a value sits one level inside
-/// a message, and two inside a stored record), or in a message larger than
-/// `max_frame`.
+/// more than `max_depth` levels deep ([`Value::height`]: the decoder takes
+/// the message array as level 0 and values sit at level 1, so a value of
+/// exactly `max_depth` levels is what a peer accepts from the network
+/// too), or in a message larger than `max_frame`.
 fn check_value(mesh: &Mesh, key: &[u8], value: &Value) -> Result<()> {
     let limits = &mesh.settings().limits;
-    let max_depth = limits.max_depth.saturating_sub(1);
+    let max_depth = limits.max_depth;
     let depth = value.height();
     if depth > max_depth {
         return Err(Error::ValueTooDeep {
