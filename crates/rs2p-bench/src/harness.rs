@@ -4,7 +4,7 @@
 //! protocol of `rs2p bench-node` ([`crate::node`]): `rs2p bench-node`
 //! itself, `crates/rs2p-bench/adapters/py2p_adapter.py` and
 //! `crates/rs2p-bench/adapters/js2p_adapter.js`.
-//! The harness starts them, links them, drives the five scenarios of
+//! The harness starts them, links them, drives the seven scenarios of
 //! docs/benchmarks.md, prints one table and writes it as markdown and JSON.
 //!
 //! Timing comes from the nodes: each event carries the wall-clock time (µs)
@@ -27,6 +27,9 @@ use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, watch};
 
 use crate::node::now_us;
+
+mod formation;
+mod restart;
 
 const HOST: &str = "127.0.0.1";
 
@@ -53,7 +56,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "docs/benchmarks")]
     pub out: PathBuf,
     /// Only these scenarios (comma-separated: latency, throughput, join,
-    /// memory, wire).
+    /// memory, wire, formation, restart).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// The repository (holds crates/rs2p-bench/adapters/ and .peers/;
@@ -84,6 +87,11 @@ pub struct BenchArgs {
     /// references join 10,000 (2,000 with --quick).
     #[arg(long, value_delimiter = ',', value_name = "M")]
     pub join_keys: Vec<usize>,
+    /// Restart scenario: keys held (default 1,000,000) and keys rewritten
+    /// while the node is down (default 100; a power of ten ≤ 10,000), as
+    /// `M,D`.
+    #[arg(long, value_delimiter = ',', value_name = "M,D")]
+    pub restart_keys: Vec<usize>,
 }
 
 // ------------------------------------------------------------------ impls
@@ -190,7 +198,7 @@ impl Env {
         }
     }
 
-    fn command(&self, imp: Impl) -> Command {
+    fn command(&self, imp: Impl, extra: &[&std::ffi::OsStr]) -> Command {
         let mut c = match imp {
             Impl::Rs2p => {
                 let mut c = Command::new(&self.exe);
@@ -210,6 +218,7 @@ impl Env {
             }
         };
         c.args(["--host", HOST, "--port", "0"]);
+        c.args(extra);
         c
     }
 }
@@ -273,13 +282,23 @@ struct Node {
 impl Node {
     /// Starts an adapter and waits for its `ready` line.
     async fn start(env: &Env, imp: Impl, tag: &str) -> Result<Node, String> {
+        Node::start_with(env, imp, tag, &[]).await
+    }
+
+    /// [`Node::start`] with extra arguments for the adapter.
+    async fn start_with(
+        env: &Env,
+        imp: Impl,
+        tag: &str,
+        extra: &[&std::ffi::OsStr],
+    ) -> Result<Node, String> {
         let n = env.seq.fetch_add(1, Ordering::Relaxed);
         let label = format!("{}-{tag}-{n}", imp.name());
         let log_path = env.logs.join(format!("{label}.log"));
         let log = std::fs::File::create(&log_path)
             .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
         let mut child = env
-            .command(imp)
+            .command(imp, extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
@@ -592,17 +611,29 @@ struct Shape {
     /// Peers of node 0.
     degree_0: usize,
     settled: bool,
+    /// From the last dial of the chain to the last change of any peer
+    /// list, in ms (times read inside the nodes).
+    settle_ms: f64,
+    /// From the first dial of the chain to the last change of any peer
+    /// list, in ms (includes the harness' 200 ms of quiet after each dial).
+    form_ms: f64,
 }
 
 /// Dials each node to the one before it (a chain), one link at a time:
 /// the next dial waits until the node has a handshaken peer and the peer
 /// lists have been quiet for 200 ms (py2p's mesh tends to collapse when
 /// many dials and peer-list dials cross, PROTOCOL.md §11 Q1/Q2/Q4).
-async fn chain(nodes: &mut [Node], deadline: Instant) -> Result<(), WaitErr> {
+///
+/// Returns when the first and the last dial began (`t0` of their acks, µs).
+async fn chain(nodes: &mut [Node], deadline: Instant) -> Result<(i64, i64), WaitErr> {
+    let mut first_dial = None;
+    let mut last_dial = now_us();
     for i in 1..nodes.len() {
         let port = nodes[i - 1].port;
         nodes[i].send(json!({ "cmd": "connect", "host": HOST, "port": port }));
-        nodes[i].expect("ack", deadline).await?;
+        let ack = nodes[i].expect("ack", deadline).await?;
+        last_dial = ack.i64("t0").unwrap_or(ack.t);
+        first_dial.get_or_insert(last_dial);
         let snap = |nodes: &[Node]| nodes[..=i].iter().map(Node::peer_list).collect::<Vec<_>>();
         let mut last = snap(nodes);
         let mut changed = Instant::now();
@@ -624,7 +655,7 @@ async fn chain(nodes: &mut [Node], deadline: Instant) -> Result<(), WaitErr> {
             }
         }
     }
-    Ok(())
+    Ok((first_dial.unwrap_or(last_dial), last_dial))
 }
 
 /// Starts `n` nodes, links them as a chain and waits for the mesh to
@@ -642,7 +673,20 @@ async fn form_mesh(
         let mut nodes = start_nodes(env, imp, n, tag).await?;
         let deadline = Instant::now() + Duration::from_secs(10 + 2 * n as u64);
         let res = match chain(&mut nodes, deadline).await {
-            Ok(()) => settle(&nodes, Duration::from_secs(1), Duration::from_secs(15)).await,
+            Ok((first_dial, last_dial)) => {
+                settle(&nodes, Duration::from_secs(1), Duration::from_secs(15))
+                    .await
+                    .map(|mut sh| {
+                        let last_change = nodes
+                            .iter()
+                            .map(|n| n.peers.borrow().0)
+                            .max()
+                            .unwrap_or(last_dial);
+                        sh.settle_ms = (last_change - last_dial).max(0) as f64 / 1000.0;
+                        sh.form_ms = (last_change - first_dial).max(0) as f64 / 1000.0;
+                        sh
+                    })
+            }
             Err(e) => Err(format!("linking the chain: {e}")),
         };
         match res {
@@ -698,6 +742,8 @@ fn shape(nodes: &[Node], lists: &[Vec<String>]) -> Option<Shape> {
         hops_from_0: dist.iter().copied().max().unwrap_or(0),
         degree_0: adj[0].len(),
         settled: true,
+        settle_ms: 0.0,
+        form_ms: 0.0,
     })
 }
 
@@ -1351,6 +1397,9 @@ struct Plan {
     value: usize,
     wire_sets: usize,
     wire_limit: Duration,
+    form_sizes: Vec<usize>,
+    restart_keys: usize,
+    restart_stale: usize,
 }
 
 impl Plan {
@@ -1366,7 +1415,7 @@ impl Plan {
             tp_keys_ref: 3_000,
             tp_value: 16,
             tp_limit: Duration::from_secs(120),
-            join_sizes: vec![10_000, 100_000],
+            join_sizes: vec![10_000, 100_000, 1_000_000],
             join_size_ref: 10_000,
             join_limit: Duration::from_secs(90),
             load_limit: Duration::from_secs(180),
@@ -1374,6 +1423,9 @@ impl Plan {
             value: 100,
             wire_sets: 1000,
             wire_limit: Duration::from_secs(60),
+            form_sizes: vec![16],
+            restart_keys: 1_000_000,
+            restart_stale: 100,
         }
     }
 
@@ -1391,6 +1443,8 @@ impl Plan {
             load_limit: Duration::from_secs(60),
             mem_keys: 20_000,
             wire_sets: 200,
+            form_sizes: vec![8],
+            restart_keys: 20_000,
             ..Plan::full()
         }
     }
@@ -1545,6 +1599,7 @@ fn cell(row: &RowSpec, m: Option<&Measured>, imp: Impl, plan: &Plan) -> CellOut 
                 "not run (M reduced to {})",
                 fmt_int(plan.join_size_ref as f64)
             ),
+            ("restart", true) => "n/a (keeps nothing across a restart: see 3.)".into(),
             _ => "not run".into(),
         };
         return CellOut {
@@ -1714,7 +1769,26 @@ fn rows(plan: &Plan) -> Vec<RowSpec> {
             figure: "join_s",
             unit: "s",
             better: Better::Lower,
-            target: (m == 100_000).then_some((1.0, "<")),
+            target: match m {
+                100_000 => Some((1.0, "<")),
+                1_000_000 => Some((1.5, "<")),
+                _ => None,
+            },
+            size: Some(m),
+            size_name: "M",
+            size_bound: true,
+        });
+    }
+    if let Some(&m) = plan.join_sizes.iter().max() {
+        v.push(RowSpec {
+            id: format!("join_rss_{m}"),
+            label: format!("3. join: joiner peak RSS, M={}", fmt_int(m as f64)),
+            scenario: "join",
+            key: Some(m),
+            figure: "joiner_peak_mib",
+            unit: "MiB",
+            better: Better::Lower,
+            target: (m == 1_000_000).then_some((150.0, "<")),
             size: Some(m),
             size_name: "M",
             size_bound: true,
@@ -1750,6 +1824,49 @@ fn rows(plan: &Plan) -> Vec<RowSpec> {
         size_name: "",
         size_bound: false,
     });
+    for &n in &plan.form_sizes {
+        v.push(RowSpec {
+            id: format!("formation_n{n}"),
+            label: format!("6. mesh formation, N={n}: settled after the chain's last dial"),
+            scenario: "formation",
+            key: Some(n),
+            figure: "settle_ms",
+            unit: "ms",
+            better: Better::Lower,
+            target: None,
+            size: None,
+            size_name: "",
+            size_bound: false,
+        });
+    }
+    let (m, d) = (plan.restart_keys, plan.restart_stale);
+    for (id, what, figure, unit, target) in [
+        (
+            "restart_bytes",
+            "bytes over the link",
+            "catchup_bytes",
+            "B",
+            Some((65_536.0, "≤")),
+        ),
+        ("restart_time", "time", "catchup_s", "s", Some((1.0, "<"))),
+    ] {
+        v.push(RowSpec {
+            id: id.into(),
+            label: format!(
+                "7. restart holding M={} keys, D={d} stale: {what} to catch up",
+                fmt_int(m as f64)
+            ),
+            scenario: "restart",
+            key: None,
+            figure,
+            unit,
+            better: Better::Lower,
+            target: (m == 1_000_000 && d == 100).then_some(target).flatten(),
+            size: Some(m),
+            size_name: "M",
+            size_bound: true,
+        });
+    }
     v
 }
 
@@ -2026,6 +2143,12 @@ async fn bench(args: BenchArgs) -> ExitCode {
     if let Some(ms) = args.spacing_ms {
         plan.lat_spacing_ms = ms;
     }
+    if let Some(&m) = args.restart_keys.first() {
+        plan.restart_keys = m;
+    }
+    if let Some(&d) = args.restart_keys.get(1) {
+        plan.restart_stale = d;
+    }
     let mut impls: Vec<Impl> = Vec::new();
     for s in &args.impls {
         match Impl::parse(s) {
@@ -2038,7 +2161,15 @@ async fn bench(args: BenchArgs) -> ExitCode {
         }
     }
     impls.sort();
-    let scenarios = ["latency", "throughput", "join", "memory", "wire"];
+    let scenarios = [
+        "latency",
+        "throughput",
+        "join",
+        "memory",
+        "wire",
+        "formation",
+        "restart",
+    ];
     for s in &args.only {
         if !scenarios.contains(&s.as_str()) {
             eprintln!(
@@ -2125,6 +2256,16 @@ async fn bench(args: BenchArgs) -> ExitCode {
             jobs.push(("wire", 0, i, plan.wire_sets.min(1000)));
         }
     }
+    if wanted("formation") {
+        for &n in &plan.form_sizes {
+            for &i in &impls {
+                jobs.push(("formation", n, i, n));
+            }
+        }
+    }
+    if wanted("restart") && impls.contains(&Impl::Rs2p) {
+        jobs.push(("restart", 0, Impl::Rs2p, plan.restart_keys));
+    }
 
     for (scenario, key, imp, size) in jobs {
         let mut m = Measured {
@@ -2142,6 +2283,8 @@ async fn bench(args: BenchArgs) -> ExitCode {
                     "throughput" => format!("throughput N={} K={size}", plan.tp_nodes),
                     "join" => format!("join M={size}"),
                     "memory" => format!("memory M={size}"),
+                    "formation" => format!("formation N={key}"),
+                    "restart" => format!("restart M={size} D={}", plan.restart_stale),
                     _ => format!("wire {size} sets"),
                 };
                 eprint!(
@@ -2157,6 +2300,8 @@ async fn bench(args: BenchArgs) -> ExitCode {
                     "throughput" => run_throughput(&env, imp, size, &plan).await,
                     "join" => run_join(&env, imp, size, &plan).await,
                     "memory" => run_memory(&env, imp, size, &plan).await,
+                    "formation" => formation::run_formation(&env, imp, key).await,
+                    "restart" => restart::run_restart(&env, size, plan.restart_stale, &plan).await,
                     _ => run_wire(&env, imp, &plan).await,
                 };
                 match &res {
@@ -2426,6 +2571,12 @@ async fn bench(args: BenchArgs) -> ExitCode {
             "throughput" => format!("throughput K={}", fmt_int(m.size as f64)),
             "join" => format!("join M={}", fmt_int(m.size as f64)),
             "memory" => format!("memory M={}", fmt_int(m.size as f64)),
+            "formation" => format!("formation N={}", m.key),
+            "restart" => format!(
+                "restart M={} D={}",
+                fmt_int(m.size as f64),
+                plan.restart_stale
+            ),
             _ => format!("wire {} sets", m.size),
         };
         let _ = writeln!(
@@ -2456,6 +2607,8 @@ async fn bench(args: BenchArgs) -> ExitCode {
         "join": { "keys": plan.join_sizes, "keys_references": plan.join_size_ref, "value_bytes": plan.value, "limit_s": plan.join_limit.as_secs(), "load_limit_s": plan.load_limit.as_secs() },
         "memory": { "keys": plan.mem_keys, "value_bytes": plan.value },
         "wire": { "sets": plan.wire_sets.min(1000), "key_bytes": 4, "value_bytes": 8 },
+        "formation": { "nodes": plan.form_sizes },
+        "restart": { "keys": plan.restart_keys, "stale": plan.restart_stale, "value_bytes": plan.value },
     });
     let raw: Vec<Json> = results
         .iter()

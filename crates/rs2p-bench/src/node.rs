@@ -39,6 +39,10 @@ pub struct BenchNodeArgs {
     /// N = N workers. Also read from RS2P_BENCH_THREADS.
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Keep the dictionary and the node id in this directory (the restart
+    /// scenario: a node stopped with `quit` comes back with both).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 /// Microseconds since the Unix epoch.
@@ -357,6 +361,9 @@ async fn main_loop(args: BenchNodeArgs) -> ExitCode {
     {
         cfg.mesh.max_connections = n.max(1);
     }
+    if let Some(dir) = &args.data_dir {
+        cfg = cfg.with_data_dir(dir);
+    }
     let sync = match SyncSocket::bind(cfg).await {
         Ok(s) => s,
         Err(e) => {
@@ -374,6 +381,7 @@ async fn main_loop(args: BenchNodeArgs) -> ExitCode {
             "pid": std::process::id(),
             "host": args.host,
             "port": port,
+            "keys": sync.len(),
         }),
     );
     let state = Arc::new(Mutex::new(State::default()));
