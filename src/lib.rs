@@ -65,6 +65,12 @@
 //! - re-dials lost peers with exponential backoff (neither reference
 //!   reconnects), and only accepts the node with the lost id at that
 //!   address;
+//! - while it has fewer than 4 outgoing links, asks its peers for their
+//!   lists now and then (after 250 ms, doubling to a minute; the references
+//!   ask only when a peer leaves), and sends an rs2p peer that asked it in
+//!   the last minute its list again whenever a new peer joins it, so the
+//!   asking node dials the newcomer at once and a mesh settles as soon as
+//!   its last node is in (py2p and js2p peers never get these lists);
 //! - converges after partitions: rs2p nodes exchange lease start times and
 //!   tombstones with their state (a sixth packet in the state-transfer store
 //!   that only rs2p peers receive) and keep, per key, the version chosen by

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::dict::Dict;
-use super::mesh::{Settings, FIRST_BACKOFF, MAX_BACKOFF, REDIAL_FOR};
+use super::mesh::{PeerInfo, Settings, FIRST_BACKOFF, MAX_BACKOFF, REDIAL_FOR};
 use super::replica::{Replica, Unbounded};
 use super::sync::LEASE_SECS;
 use super::{ConnId, Event, Node, Now, Output};
@@ -916,4 +916,38 @@ fn a_peer_on_another_subnet_is_refused_with_an_event() {
         .events
         .iter()
         .any(|(_, e)| matches!(e, Event::PeerJoined { .. })));
+}
+
+/// A node short of outgoing links that asked a peer for peers hears of that
+/// peer's next new peer at once, instead of at its next refresh (up to a
+/// minute later): a chain of joins settles as soon as the last one is in.
+#[test]
+fn a_node_short_of_links_hears_of_its_peers_new_peers_at_once() {
+    // Later nodes get smaller ids, so a newcomer's peers list (sorted by
+    // id) leads with other newcomers, not with the first nodes, which stay
+    // short of outgoing links.
+    let names: Vec<String> = (0..9).map(|i| format!("n{}", 9 - i)).collect();
+    let ids: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut net = Net::new(&ids);
+    // Each node dials the one before it, 300 ms apart (the refresh timers
+    // run, so the nodes short of links ask for peers now and then); after
+    // the last join no time passes: only what that join itself sends can
+    // link it to the nodes still short of links.
+    for i in 1..ids.len() {
+        if i > 1 {
+            net.advance(Duration::from_millis(300));
+        }
+        net.connect(i, i - 1);
+    }
+    let peers: Vec<Vec<PeerInfo>> = net.nodes.iter().map(Node::peers).collect();
+    for (i, p) in peers.iter().enumerate() {
+        let outgoing = p.iter().filter(|p| p.outgoing).count();
+        assert!(
+            outgoing >= 4 || p.len() == ids.len() - 1,
+            "node {i} has {outgoing} outgoing links and {} peers of {}: {:?}",
+            p.len(),
+            ids.len() - 1,
+            p.iter().map(|p| (&p.id, p.outgoing)).collect::<Vec<_>>()
+        );
+    }
 }

@@ -4,7 +4,7 @@ use bytes::Bytes;
 
 use super::super::align;
 use super::super::seen::Admit;
-use super::{bytes_text, Incoming, Mesh, PeerKind, Upcall};
+use super::{bytes_text, Incoming, Mesh, PeerKind, Upcall, PEERS_INTEREST};
 use crate::error::{Error, Result};
 use crate::proto::{ConnId, Now, Output};
 use crate::value::Value;
@@ -333,7 +333,13 @@ impl Mesh {
                 Upcall::Done
             }
             Packet::RequestPeers => {
-                let peers = self.peers_payload(self.peer_kind(conn));
+                let kind = self.peer_kind(conn);
+                if kind == PeerKind::Rs {
+                    if let Some(c) = self.links.get_mut(&conn) {
+                        c.wants_peers_until = Some(now.elapsed + PEERS_INTEREST);
+                    }
+                }
+                let peers = self.peers_payload(kind);
                 self.whisper_to(conn, &peers, now);
                 Upcall::Done
             }

@@ -40,6 +40,9 @@ pub const REDIAL_FOR: Duration = Duration::from_secs(3600);
 /// the wait doubles up to `MAX_REFRESH`, and starts over when a peer leaves.
 const FIRST_REFRESH: Duration = Duration::from_millis(250);
 const MAX_REFRESH: Duration = Duration::from_secs(60);
+/// How long an rs2p peer's request for peers keeps it told of our new
+/// peers: a node short of outgoing links asks again at least this often.
+const PEERS_INTEREST: Duration = Duration::from_secs(61);
 /// Pending route requests kept (reply to a non-neighbour).
 const MAX_PENDING_REQUESTS: usize = 1024;
 /// Whispers kept per node we are dialling to deliver a reply to.
@@ -96,6 +99,9 @@ struct Link {
     /// An rs2p peer's own neighbours, as it last told us
     /// ([`sub::RS2P_NEIGHBOURS`]): it relays every broadcast to them itself.
     neighbours: HashSet<Vec<u8>>,
+    /// Until when an rs2p peer that asked us for peers (it is short of
+    /// outgoing links) is sent our list again whenever a new peer joins us.
+    wants_peers_until: Option<Duration>,
 }
 
 impl Link {
@@ -128,6 +134,7 @@ impl Link {
             last_recv: now.elapsed,
             probed: false,
             neighbours: HashSet::new(),
+            wants_peers_until: None,
         }
     }
 

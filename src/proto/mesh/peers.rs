@@ -107,8 +107,36 @@ impl Mesh {
         self.push(Output::Event(Event::PeerJoined { id: peer_id, addr }));
         let peers = self.peers_payload(kind);
         self.whisper_to(conn, &peers, now);
+        self.tell_new_peer(conn, now);
         self.announce_neighbours(now);
         true
+    }
+
+    /// Sends our peers list, now holding the peer of `joined`, to the rs2p
+    /// peers that asked for peers lately: they are short of outgoing links
+    /// and dial the newcomer at once, where they would otherwise hear of it
+    /// only at their next refresh (up to a minute later), so a mesh settles
+    /// as soon as its last node is in. py2p and js2p peers get nothing new.
+    fn tell_new_peer(&mut self, joined: ConnId, now: Now) {
+        let t = now.elapsed;
+        let wanting: Vec<ConnId> = self
+            .links
+            .iter()
+            .filter(|(c, l)| {
+                **c != joined
+                    && l.handshaken
+                    && l.kind == PeerKind::Rs
+                    && l.wants_peers_until.is_some_and(|u| u > t)
+            })
+            .map(|(c, _)| *c)
+            .collect();
+        if wanting.is_empty() {
+            return;
+        }
+        let peers = self.peers_payload(PeerKind::Rs);
+        for conn in wanting {
+            self.whisper_to(conn, &peers, now);
+        }
     }
 
     /// Whispers kept for a node we dialled to answer it (route responses).
