@@ -95,9 +95,14 @@ struct Mesh {
 }
 
 fn mesh(py: PeerOpts) -> Mesh {
+    mesh_with(py, SyncConfig::new(local()))
+}
+
+/// [`mesh`] with B bound with `b`.
+fn mesh_with(py: PeerOpts, b: SyncConfig) -> Mesh {
     let rt = Rt::new();
     let a = rt.sync(SyncConfig::new(local()));
-    let b = rt.sync(SyncConfig::new(local()));
+    let b = rt.sync(b);
     let mut py = RefPeer::spawn(Impl::Py2p, &py);
     rt.block(b.mesh().block(py.id())).expect("block");
     rt.block(b.connect("127.0.0.1", port(&a)))
@@ -155,7 +160,16 @@ fn py2p_values_64_deep_are_kept_65_deep_skipped_and_the_link_stays() {
         return;
     }
     let _turn = serial();
-    let mut m = mesh(PeerOpts::sync());
+    // B keeps what it holds in a data dir, to be restarted at the end.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let dir = std::env::temp_dir().join(format!("rs2p-faults-py2p-{}-{nanos}", std::process::id()));
+    let mut m = mesh_with(
+        PeerOpts::sync(),
+        SyncConfig::new(local()).with_data_dir(&dir),
+    );
     let max = Limits::default().max_depth;
     let (deep, deep_json) = nested(max);
     m.py.ok(json!({"op": "set", "key": "deep64", "value": deep_json}));
@@ -187,8 +201,21 @@ fn py2p_values_64_deep_are_kept_65_deep_skipped_and_the_link_stays() {
         p.get("back") == Some(json!("from A"))
     });
     m.assert_links_held();
-    println!("64 deep: stored on A and B; 65 deep: skipped (frames_skipped 1: {err}); A–py2p: 1 join, 0 leaves");
-    m.close();
+
+    // And B reads it back from its store after a restart (the store's
+    // decoder has the same limit).
+    let Mesh { rt, a, b, py, .. } = m;
+    rt.block(b.close());
+    drop(b);
+    let b = rt.sync(SyncConfig::new(local()).with_data_dir(&dir));
+    assert_eq!(b.get("deep64"), Some(deep));
+    assert_eq!(b.metadata("deep64").unwrap().owner, py.id().as_bytes());
+    assert!(b.get("deep65").is_none());
+    println!("64 deep: stored on A and B, on B after a restart too; 65 deep: skipped (frames_skipped 1: {err}); A–py2p: 1 join, 0 leaves");
+    rt.block(b.close());
+    rt.block(a.close());
+    drop(b);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Resident memory of this process, in MiB.
