@@ -111,7 +111,9 @@
 //!   skips, without dropping the link, a peer's frame over a limit (py2p
 //!   has none);
 //! - takes writes dated more than 300 s ahead of its clock as dated 300 s
-//!   ahead (py2p and js2p take the lease as dated, even years ahead);
+//!   ahead (py2p and js2p take the lease as dated, even years ahead), and
+//!   writes dated before 1970 (a broken clock) as dated 0
+//!   ([`proto::replica::dated`]);
 //! - answers a live write it refuses under the lease rule, when it comes
 //!   from an rs2p peer, with its own version and lease start, so two rs2p
 //!   nodes that wrote a key in different seconds settle it by the merge

@@ -652,6 +652,40 @@ fn a_store_dated_years_ahead_takes_no_lease_beyond_the_skew() {
 }
 
 #[test]
+fn a_store_dated_before_1970_is_taken_as_dated_0() {
+    use super::PeerKind::Py;
+    let mut net = Net::new(&["A"]);
+    let py = net.fake(0, "P", Py, 11);
+    // A live write that old is outside the 60 s window: dropped.
+    let payload = [Value::from(sub::STORE), Value::from("live"), Value::from(1)];
+    net.feed(
+        0,
+        py.conn,
+        &Packed::new(main::BROADCAST, b"P", i64::MIN, &payload),
+    );
+    assert!(net.get(0, "live").is_none());
+    assert_eq!(net.nodes[0].stats().expired_broadcasts, 1);
+    // In a state transfer (py2p sends the date its clock gave the write),
+    // it is taken as dated 0: no lease end or age below zero anywhere.
+    let item = [
+        Value::from(sub::STORE),
+        Value::Bin(b"min".to_vec()),
+        Value::from(1),
+        Value::Bin(b"P".to_vec()),
+        Value::from(i64::MIN),
+    ];
+    net.feed(0, py.conn, &Packed::new(main::WHISPER, b"P", T0, &item));
+    let meta = net.dicts[0].lock().unwrap().meta(b"min").unwrap();
+    assert_eq!(meta.timestamp, 0);
+    // Its lease ended long ago: anyone may write it.
+    let now = net.now;
+    net.nodes[0]
+        .set(b"min".to_vec(), Value::from(2), now)
+        .unwrap();
+    assert_eq!(net.nodes[0].stats().peers, 1);
+}
+
+#[test]
 fn writes_straddling_a_second_settle_while_connected() {
     let mut net = Net::new(&["A", "B"]);
     net.connect(0, 1);

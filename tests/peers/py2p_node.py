@@ -33,6 +33,7 @@ OUT = os.fdopen(_PROTO_FD, "w", buffering=1, encoding="utf-8")
 sys.stdout = sys.stderr
 
 import argparse  # noqa: E402
+import hashlib  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import queue  # noqa: E402
@@ -147,6 +148,9 @@ def parse_args():
                         "'' or 'none' = no compression; omitted = py2p default")
     p.add_argument("--debug", type=int, default=0,
                    help="py2p debug_level (its prints go to stderr)")
+    p.add_argument("--sendall", action="store_true",
+                   help="fix py2p's send: write whole frames (sendall) instead "
+                        "of one send() whose count is ignored")
     return p.parse_args()
 
 
@@ -286,6 +290,36 @@ class Driver:
 
         mesh.MeshSocket.disconnect = disconnect
 
+        # 4. --sendall: py2p's send_InternalMessage (base.py) makes one
+        #    send() on a socket with a 1 s timeout and ignores the count it
+        #    returns, so a frame bigger than the socket's send buffer (about
+        #    3.8 MB on loopback) is cut short and the stream is out of step
+        #    for good. This copy of it is verbatim but for sendall (with a
+        #    timeout long enough for a big frame to a busy reader), so tests
+        #    can show what a peer does with big frames py2p formats.
+        if self.args.sendall:
+            from socket import error as SocketException
+            from traceback import format_exc
+            flags = self.flags
+
+            def send_InternalMessage(self, msg):
+                msg.compression = self.compression
+                if msg.msg_type in (flags.whisper, flags.broadcast):
+                    self.last_sent = msg.payload
+                try:
+                    timeout = self.sock.gettimeout()
+                    self.sock.settimeout(60)
+                    try:
+                        self.sock.sendall(msg.string)
+                    finally:
+                        self.sock.settimeout(timeout)
+                    return msg
+                except (IOError, SocketException):
+                    self.server.daemon.exceptions.append(format_exc())
+                    self.server.disconnect(self)
+
+            base.BaseConnection.send_InternalMessage = send_InternalMessage
+
     def _on_update(self, conn, key, data, meta):
         self.events.append({"event": "update", "key": key_out(key),
                             "value": to_json(data),
@@ -332,7 +366,7 @@ class Driver:
     def handle(self, req):
         op = req.get("op")
         s = self.sock
-        sync_ops = {"set", "del", "delta", "get", "keys", "len", "dump", "events"}
+        sync_ops = {"set", "set_at", "set_random", "digest", "del", "delta", "get", "keys", "len", "dump", "events"}
         if op in sync_ops and self.args.kind != "sync":
             raise BadRequest("op %r needs --kind sync" % op)
 
@@ -381,6 +415,44 @@ class Driver:
         if op == "set":
             k, v = key_in(req.get("key")), from_json(req.get("value"))
             self.on_net(lambda: s.set(k, v))
+            return {}
+        if op == "set_random":
+            # A big incompressible value made here, so that tests do not
+            # pipe tens of MB of hex through the driver (nor allocate it).
+            k, n = key_in(req.get("key")), req.get("size")
+            if not isinstance(n, int) or n < 0:
+                raise BadRequest("set_random needs a size (bytes)")
+            v = os.urandom(n)
+            self.on_net(lambda: s.set(k, v))
+            return {"sha256": hashlib.sha256(v).hexdigest()}
+        if op == "digest":
+            k = key_in(req.get("key"))
+            miss = object()
+            v = self.on_net(lambda: s.get(k, miss))
+            if v is miss:
+                return {"found": False}
+            if not isinstance(v, (bytes, bytearray)):
+                raise BadRequest("digest needs a bytes value")
+            return {"found": True, "len": len(v),
+                    "sha256": hashlib.sha256(bytes(v)).hexdigest()}
+        if op == "set_at":
+            # A set made while py2p's clock reads `time` (a clock years
+            # ahead, or a corrupt one): py2p stamps both its own metadata
+            # and the message with getUTC(), which sync and base import by
+            # name.
+            k, v, t = key_in(req.get("key")), from_json(req.get("value")), req.get("time")
+            if not isinstance(t, int):
+                raise BadRequest("set_at needs an integer time")
+            sync_mod, base_mod = self.sync, self.base
+
+            def set_at():
+                saved = sync_mod.getUTC, base_mod.getUTC
+                sync_mod.getUTC = base_mod.getUTC = lambda: t
+                try:
+                    s.set(k, v)
+                finally:
+                    sync_mod.getUTC, base_mod.getUTC = saved
+            self.on_net(set_at)
             return {}
         if op == "del":
             k = key_in(req.get("key"))

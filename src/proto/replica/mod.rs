@@ -32,6 +32,23 @@ pub const TRANSFER_WINDOW: usize = 8 << 20;
 /// for years (py2p and js2p take it as dated).
 pub const MAX_FUTURE_SKEW: i64 = 300;
 
+/// The date a peer's write is taken as, at `now`: as sent, but no later
+/// than [`MAX_FUTURE_SKEW`] ahead, and no earlier than 0 (1970). A date
+/// before 1970 comes only from a broken clock; as 0 its lease has still
+/// long ended, and lease ends (`timestamp + 3600`) and ages (`now -
+/// timestamp`) stay far from overflowing wherever they are shown.
+///
+/// ```
+/// use rs2p::proto::replica::{dated, MAX_FUTURE_SKEW};
+/// let now = 1_800_000_000;
+/// assert_eq!(dated(now - 5, now), now - 5);
+/// assert_eq!(dated(i64::MAX, now), now + MAX_FUTURE_SKEW);
+/// assert_eq!(dated(i64::MIN, now), 0);
+/// ```
+pub fn dated(timestamp: i64, now: i64) -> i64 {
+    timestamp.max(0).min(now.saturating_add(MAX_FUTURE_SKEW))
+}
+
 /// A change to the dictionary, to persist and to tell the user.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
@@ -353,20 +370,21 @@ impl Replica {
 
     /// A message for the dictionary; false when it is not one.
     pub(crate) fn on_message(&mut self, mesh: &mut Mesh, inc: &Incoming, now: Now) -> bool {
-        let dated = |t: i64| t.min(now.unix.saturating_add(MAX_FUTURE_SKEW));
+        let date = |t: i64| dated(t, now.unix);
         match &inc.packet {
             Packet::Store(Store {
                 key,
                 value,
                 transfer: Some(t),
             }) => {
-                let timestamp = dated(t.timestamp);
+                let timestamp = date(t.timestamp);
                 let version = Version {
                     meta: Meta {
                         owner: t.owner.clone(),
                         timestamp,
                     },
-                    since: t.since.unwrap_or(timestamp).min(timestamp),
+                    // An rs2p peer's lease start, dated the same way.
+                    since: t.since.map_or(timestamp, date).min(timestamp),
                     deleted: value.is_nil(),
                 };
                 if t.since.is_none() {
@@ -383,7 +401,7 @@ impl Replica {
             }) => {
                 let meta = Meta {
                     owner: inc.msg.sender.clone(),
-                    timestamp: dated(inc.msg.time),
+                    timestamp: date(inc.msg.time),
                 };
                 if self
                     .apply(mesh, key, value.clone(), meta, WriteKind::Store, now)
@@ -396,7 +414,7 @@ impl Replica {
             Packet::Delta { key, delta } => {
                 let meta = Meta {
                     owner: inc.msg.sender.clone(),
-                    timestamp: dated(inc.msg.time),
+                    timestamp: date(inc.msg.time),
                 };
                 let current = self.lock().get(key);
                 if let Ok(merged) = merge_delta(current.as_ref(), delta) {
