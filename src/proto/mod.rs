@@ -40,6 +40,7 @@ mod ordered;
 pub mod reconcile;
 pub mod replica;
 pub mod seen;
+pub mod sketch;
 pub mod sync;
 #[cfg(test)]
 mod tests;

@@ -28,6 +28,7 @@
 use std::collections::HashMap;
 
 use super::dict::{key_hash, Dict};
+use super::sketch::Sketch;
 use crate::value::Value;
 use crate::wire::flags::sub;
 
@@ -175,6 +176,38 @@ pub fn open(dict: &Dict) -> Vec<Range> {
         hi,
         parts: parts.iter().map(|p| (p.count, p.sum)).collect(),
     }]
+}
+
+/// The sketch of every item (see [`sketch`](super::sketch)), sent with the
+/// opening message of a session on connect; `None` when the opening
+/// message lists the items anyway.
+pub fn sketch(dict: &Dict) -> Option<Sketch> {
+    let total = dict.map.len() + dict.tombs.len();
+    (total > LIST_MAX).then(|| Sketch::of(items(dict).map(|it| (it.kh, it.ih))))
+}
+
+/// Reads a peer's sketch against our dictionary: when the difference
+/// decodes, the whole answer (our versions it lacks or holds differently,
+/// and a want list of its versions), with no ranges left to compare;
+/// `None` when too much differs, and the ranges must be compared.
+pub fn answer_sketch(dict: &Dict, theirs: &Sketch) -> Option<Answer> {
+    let mut ours = Sketch::of(items(dict).map(|it| (it.kh, it.ih)));
+    ours.subtract(theirs);
+    let diff = ours.decode()?;
+    let mut out = Answer::default();
+    if !diff.ours.is_empty() {
+        let send: std::collections::HashSet<u64> = diff.ours.iter().map(|(kh, _)| *kh).collect();
+        out.send = items(dict)
+            .filter(|it| send.contains(&it.kh))
+            .map(|it| it.key.to_vec())
+            .collect();
+    }
+    // Both sides' versions of a key that differs cross (as with item
+    // lists): the merge rule picks the same one on both sides.
+    out.want = diff.theirs.iter().map(|(kh, _)| *kh).collect();
+    out.want.sort_unstable();
+    out.want.dedup();
+    Some(out)
 }
 
 /// A unit of comparison: a range the peer described, with its print (or
@@ -372,8 +405,10 @@ fn int(n: u64) -> Value {
 
 /// `[RS2P_SYNC, session, [[mode, lo, hi, data], ...]]`: mode 1 a
 /// fingerprint `[count, sum]`, 2 a split `[count, sum, count, sum, ...]`, 3
-/// an item list `[key hash, version hash, ...]`.
-pub fn encode_sync(session: u64, ranges: &[Range]) -> Vec<Value> {
+/// an item list `[key hash, version hash, ...]`; the opening message of a
+/// session on connect adds a fourth element, the sender's
+/// [`Sketch`] as bin (peers that do not know it read the ranges alone).
+pub fn encode_sync(session: u64, ranges: &[Range], sketch: Option<&Sketch>) -> Vec<Value> {
     let ranges = ranges
         .iter()
         .map(|r| {
@@ -392,11 +427,15 @@ pub fn encode_sync(session: u64, ranges: &[Range]) -> Vec<Value> {
             Value::Array(vec![int(mode), int(lo), int(hi), Value::Array(data)])
         })
         .collect();
-    vec![
+    let mut payload = vec![
         Value::from(sub::RS2P_SYNC),
         int(session),
         Value::Array(ranges),
-    ]
+    ];
+    if let Some(s) = sketch {
+        payload.push(Value::Bin(s.encode()));
+    }
+    payload
 }
 
 fn pairs(data: &[Value]) -> Option<Vec<(u64, u64)>> {
@@ -408,8 +447,12 @@ fn pairs(data: &[Value]) -> Option<Vec<(u64, u64)>> {
         .collect()
 }
 
-/// Reads a sync message's session and ranges (`None` when malformed).
-pub fn decode_sync(payload: &[Value]) -> Option<(u64, Vec<Range>)> {
+/// A sync message: its session, ranges, and the sender's sketch.
+pub type Sync = (u64, Vec<Range>, Option<Sketch>);
+
+/// Reads a sync message (`None` when malformed; a sketch of another size
+/// is left out).
+pub fn decode_sync(payload: &[Value]) -> Option<Sync> {
     let session = payload.get(1)?.as_u64()?;
     let list = payload.get(2)?.as_array()?;
     if list.len() > MAX_RANGES {
@@ -444,7 +487,11 @@ pub fn decode_sync(payload: &[Value]) -> Option<(u64, Vec<Range>)> {
             _ => return None,
         });
     }
-    Some((session, ranges))
+    let sketch = match payload.get(3) {
+        Some(Value::Bin(b)) => Sketch::decode_wire(b),
+        _ => None,
+    };
+    Some((session, ranges, sketch))
 }
 
 /// `[RS2P_WANT, [key hash, ...]]`.
@@ -570,7 +617,16 @@ mod tests {
             },
         ];
         assert!(valid(&ranges));
-        assert_eq!(decode_sync(&encode_sync(9, &ranges)), Some((9, ranges)));
+        assert_eq!(
+            decode_sync(&encode_sync(9, &ranges, None)),
+            Some((9, ranges.clone(), None))
+        );
+        let mut sketch = Sketch::default();
+        sketch.insert(1, 2);
+        assert_eq!(
+            decode_sync(&encode_sync(9, &ranges, Some(&sketch))),
+            Some((9, ranges, Some(sketch)))
+        );
         assert_eq!(
             decode_want(&encode_want(&[1, u64::MAX])),
             Some(vec![1, u64::MAX])

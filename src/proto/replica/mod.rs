@@ -285,7 +285,7 @@ impl Replica {
             // Between rs2p nodes that reconcile, the dialling side opens a
             // session instead: only what differs crosses.
             if mesh.is_outgoing(conn) {
-                self.open_session(mesh, conn, now);
+                self.open_session(mesh, conn, true, now);
             }
             return;
         }

@@ -12,6 +12,7 @@ use super::{Replica, Room, Transfer};
 use crate::proto::dict::key_hash;
 use crate::proto::mesh::Mesh;
 use crate::proto::reconcile::{self, Range, MAX_LIST, MAX_RANGES, MAX_WANT};
+use crate::proto::sketch::Sketch;
 use crate::proto::{ConnId, Now};
 use crate::value::Value;
 use crate::wire::flags::main;
@@ -64,8 +65,18 @@ impl Sessions {
 }
 
 impl Replica {
-    /// Opens a reconciliation session with the rs2p peer on `conn`.
-    pub(crate) fn open_session(&mut self, mesh: &mut Mesh, conn: ConnId, now: Now) {
+    /// Opens a reconciliation session with the rs2p peer on `conn`; on
+    /// connect (`with_sketch`) its first message carries a sketch of our
+    /// items, so a peer that differs in a few hundred items at most finds
+    /// them all at once, whatever the size of the dictionary. Periodic and
+    /// peer-lost sessions, which mostly find nothing, send ranges only.
+    pub(crate) fn open_session(
+        &mut self,
+        mesh: &mut Mesh,
+        conn: ConnId,
+        with_sketch: bool,
+        now: Now,
+    ) {
         if self.sessions.next_round.is_none() {
             self.sessions.next_round = Some(self.sessions.jittered(mesh, now));
         }
@@ -79,8 +90,12 @@ impl Replica {
                 opened: now.elapsed,
             },
         );
-        let ranges = reconcile::open(&self.lock());
-        send_sync(mesh, conn, id, &ranges, now);
+        let (ranges, sketch) = {
+            let d = self.lock();
+            let sketch = with_sketch.then(|| reconcile::sketch(&d)).flatten();
+            (reconcile::open(&d), sketch)
+        };
+        send_sync(mesh, conn, id, &ranges, sketch.as_ref(), now);
     }
 
     /// A reconciliation message from the peer on `conn`.
@@ -88,8 +103,8 @@ impl Replica {
         if !mesh.reconciles(conn) {
             return;
         }
-        let Some((id, ranges)) =
-            reconcile::decode_sync(payload).filter(|(_, r)| reconcile::valid(r))
+        let Some((id, ranges, sketch)) =
+            reconcile::decode_sync(payload).filter(|(_, r, _)| reconcile::valid(r))
         else {
             tracing::debug!(conn, "malformed reconciliation message ignored");
             return;
@@ -127,7 +142,12 @@ impl Replica {
             );
             return;
         }
-        let answer = reconcile::answer(&self.lock(), &ranges);
+        let answer = {
+            let d = self.lock();
+            sketch
+                .and_then(|s| reconcile::answer_sketch(&d, &s))
+                .unwrap_or_else(|| reconcile::answer(&d, &ranges))
+        };
         if !answer.send.is_empty() {
             self.queue_keys(conn, answer.send);
         }
@@ -141,7 +161,7 @@ impl Replica {
             self.sessions.ours.remove(&conn);
             self.sessions.theirs.remove(&conn);
         } else {
-            send_sync(mesh, conn, id, &answer.ranges, now);
+            send_sync(mesh, conn, id, &answer.ranges, None, now);
         }
     }
 
@@ -190,7 +210,7 @@ impl Replica {
                 .collect();
             self.forget_closed(mesh);
             for conn in conns {
-                self.open_session(mesh, conn, now);
+                self.open_session(mesh, conn, false, now);
             }
         }
     }
@@ -204,7 +224,7 @@ impl Replica {
             .filter(|c| mesh.reconciles(*c))
             .collect();
         for conn in conns {
-            self.open_session(mesh, conn, now);
+            self.open_session(mesh, conn, false, now);
         }
     }
 
@@ -222,8 +242,16 @@ impl Replica {
     }
 }
 
-/// Sends ranges, cut into messages within the caps.
-fn send_sync(mesh: &mut Mesh, conn: ConnId, id: u64, ranges: &[Range], now: Now) {
+/// Sends ranges, cut into messages within the caps (a sketch goes with
+/// the first).
+fn send_sync(
+    mesh: &mut Mesh,
+    conn: ConnId,
+    id: u64,
+    ranges: &[Range],
+    mut sketch: Option<&Sketch>,
+    now: Now,
+) {
     let mut start = 0;
     while start < ranges.len() {
         let mut end = start;
@@ -239,7 +267,7 @@ fn send_sync(mesh: &mut Mesh, conn: ConnId, id: u64, ranges: &[Range], now: Now)
             listed += n;
             end += 1;
         }
-        let payload = reconcile::encode_sync(id, &ranges[start..end]);
+        let payload = reconcile::encode_sync(id, &ranges[start..end], sketch.take());
         let packed = Packed::new(main::WHISPER, mesh.id(), now.unix, &payload);
         mesh.send_packed(conn, &packed, now);
         start = end;
