@@ -94,6 +94,9 @@
 //!   with frames queued) is not made up by the other path, only by the
 //!   state transfer when the two reconnect. py2p and js2p peers never see
 //!   the message and are relayed to as before;
+//! - sends rs2p peers that list the capability value 0x2c its state
+//!   transfers and reconciled versions several items per message (sub-flag
+//!   0x28), compressed as a whole;
 //! - between rs2p peers that list the capability values 0x2d and 0x2e in
 //!   their handshake (after the 0x2f marker; the references drop unknown
 //!   values when they intersect compression lists), broadcasts follow a
@@ -143,6 +146,7 @@
 //! | 0x2f neighbours | `[0x2f, [node id, ...]]` | marker 0x2f | relay pruning (older rs2p nodes) |
 //! | 0x2e sync | `[0x2e, session, [[mode, lo, hi, data], ...]]` (mode 1 `[count, sum]`, 2 a split `[count, sum, ...]`, 3 `[key hash, version hash, ...]`); on connect a fourth element, a 12 KiB bin: an IBLT of every `(key hash, version hash)` ([`proto::sketch`]) | 0x2e | set reconciliation: on connect, every 30 s, when a peer is lost; up to about 400 differing items are found from the sketch in one message, more by range fingerprints |
 //! | 0x2d want | `[0x2d, [key hash, ...]]` | 0x2e | the versions to send after comparing item lists |
+//! | 0x28 stores | `[0x28, key, value, owner, timestamp, lease start, key, ...]` (five packets an item, up to 64 KiB of items) | 0x2c | state transfers and reconciliation: one header and checksum per batch, compressed as a whole |
 //! | 0x2c probe | `[0x2c, 0]`, answered `[0x2c, 1]` | marker 0x2f | keepalive after 10 s of silence, dropped after 30 s more |
 //! | 0x2b announce | `[0x2b, [id, ...]]` (ids: the first 8 bytes of a broadcast's id, as u64) | 0x2d | lazy push on links out of the tree: batched, 100 ms doubling to 2 s while the tree is settled |
 //! | 0x2a graft | `[0x2a, [id, ...]]` | 0x2d | "push to me again, and send me these": an announced broadcast missing 150 ms later |

@@ -41,6 +41,8 @@ struct Net {
     stores_in: Vec<usize>,
     /// Reconciliation messages (ranges, sketches) delivered, per node.
     syncs_in: Vec<usize>,
+    /// Batches of state-transfer items delivered, per node.
+    batches_in: Vec<usize>,
 }
 
 impl Net {
@@ -77,6 +79,7 @@ impl Net {
             lossy: Default::default(),
             stores_in: vec![0; ids.len()],
             syncs_in: vec![0; ids.len()],
+            batches_in: vec![0; ids.len()],
         }
     }
 
@@ -110,8 +113,12 @@ impl Net {
                     let mut buf = bytes::BytesMut::from(&bytes[..]);
                     while let Ok(Some(body)) = next_frame(&mut buf, &Limits::default()) {
                         match whisper_sub_flag(&body) {
-                            Some(sub::STORE) => self.stores_in[j] += 1,
-                            Some(sub::RS2P_SYNC) => self.syncs_in[j] += 1,
+                            Some((sub::STORE, _)) => self.stores_in[j] += 1,
+                            Some((sub::RS2P_STORES, items)) => {
+                                self.stores_in[j] += items;
+                                self.batches_in[j] += 1;
+                            }
+                            Some((sub::RS2P_SYNC, _)) => self.syncs_in[j] += 1,
                             _ => {}
                         }
                         self.nodes[j].handle_frame(theirs, body, &Unbounded, now);
@@ -209,13 +216,14 @@ impl Net {
 }
 
 /// A whispered store (state transfer or reconciliation), uncompressed.
-/// The sub-flag of a whisper (state-transfer stores, reconciliation).
-fn whisper_sub_flag(body: &[u8]) -> Option<u8> {
+/// The sub-flag of a whisper (state-transfer stores, reconciliation), and
+/// the items it carries when it is a batch.
+fn whisper_sub_flag(body: &[u8]) -> Option<(u8, usize)> {
     Packed::from_body(Bytes::copy_from_slice(body), &[], &Limits::default())
         .and_then(|p| p.parse(&Limits::default()))
         .ok()
         .filter(|m| m.msg_type == main::WHISPER)
-        .and_then(|m| m.sub_flag())
+        .and_then(|m| Some((m.sub_flag()?, m.payload.len().saturating_sub(1) / 5)))
 }
 
 #[test]
@@ -797,6 +805,9 @@ fn a_returning_peer_finds_the_difference_in_one_message() {
     // merge rule keeps A's), A's 50.
     let moved = net.stores_in[0] + net.stores_in[1];
     assert_eq!(moved, 90, "{:?}", net.stores_in);
+    // Between rs2p nodes the versions travel in batches, one message a
+    // side here.
+    assert_eq!(net.batches_in, vec![1, 1]);
 }
 
 #[test]

@@ -85,6 +85,12 @@ pub mod sub {
     pub const RS2P_GRAFT: u8 = 0x2a;
     /// Not in protocol 0.7: "stop pushing broadcasts to me" (`[0x29]`).
     pub const RS2P_PRUNE: u8 = 0x29;
+    /// Not in protocol 0.7: several state-transfer items in one message
+    /// between rs2p nodes (`[0x28, key, value, owner, timestamp, since,
+    /// key, ...]`, five packets an item), so a transfer or a
+    /// reconciliation pays one header and checksum per batch, not per key,
+    /// and the batch compresses as a whole.
+    pub const RS2P_STORES: u8 = 0x28;
 }
 
 /// Compression flags, as advertised in handshakes (see
@@ -137,6 +143,9 @@ pub mod compression {
     /// tree ([`RS2P_IHAVE`](super::sub::RS2P_IHAVE), graft, prune) lists
     /// this too.
     pub const RS2P_TREE: u8 = 0x2d;
+    /// Not a compression: an rs2p node that reads batched state-transfer
+    /// items ([`RS2P_STORES`](super::sub::RS2P_STORES)) lists this too.
+    pub const RS2P_BATCHES: u8 = 0x2c;
 }
 
 /// The protocol's name of a sub-flag, for logs.

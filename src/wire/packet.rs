@@ -40,6 +40,12 @@ impl Handshake {
         self.is_rs2p() && self.methods.contains(&i64::from(compression::RS2P_TREE))
     }
 
+    /// True when the peer is an rs2p node that reads batched
+    /// state-transfer items.
+    pub fn batches(&self) -> bool {
+        self.is_rs2p() && self.methods.contains(&i64::from(compression::RS2P_BATCHES))
+    }
+
     /// True when the peer is an rs2p node that speaks set reconciliation.
     pub fn reconciles(&self) -> bool {
         self.is_rs2p()
@@ -125,6 +131,9 @@ pub enum Packet {
     Resend,
     /// A sync store.
     Store(Store),
+    /// rs2p only: state-transfer items in one message
+    /// ([`sub::RS2P_STORES`]).
+    Stores(Vec<Store>),
     /// A sync delta: merge `delta` into the map at `key`.
     Delta {
         /// The key.
@@ -284,6 +293,10 @@ impl Packet {
                 },
                 None => Packet::Other,
             },
+            Some(sub::RS2P_STORES) => match stores(&p[1..]) {
+                Some(list) => Packet::Stores(list),
+                None => Packet::Ignored("malformed batch of state-transfer items"),
+            },
             Some(sub::STORE) if p.len() == 5 || p.len() == 6 => {
                 let (Some(key), Some(owner), Some(timestamp)) =
                     (bytes(p.get(1)), bytes(p.get(3)), p[4].as_i64())
@@ -324,9 +337,34 @@ impl Packet {
     pub fn is_sync(&self) -> bool {
         matches!(
             self,
-            Packet::Store(_) | Packet::Delta { .. } | Packet::Sync | Packet::Want
+            Packet::Store(_)
+                | Packet::Stores(_)
+                | Packet::Delta { .. }
+                | Packet::Sync
+                | Packet::Want
         )
     }
+}
+
+/// The items of a batch: five packets each (key, value, owner, timestamp,
+/// lease start); `None` when any is malformed.
+fn stores(p: &[Value]) -> Option<Vec<Store>> {
+    if p.len() % 5 != 0 {
+        return None;
+    }
+    p.chunks_exact(5)
+        .map(|it| {
+            Some(Store {
+                key: bytes(Some(&it[0]))?,
+                value: it[1].clone(),
+                transfer: Some(TransferMeta {
+                    owner: bytes(Some(&it[2]))?,
+                    timestamp: it[3].as_i64()?,
+                    since: Some(it[4].as_i64()?),
+                }),
+            })
+        })
+        .collect()
 }
 
 /// True for a live sync delete (`[store, key, nil]`), which is never sent to
@@ -346,6 +384,48 @@ mod tests {
             time: 1,
             payload,
         }
+    }
+
+    #[test]
+    fn a_batch_of_transfer_items_reads_as_its_stores() {
+        let item = |k: &str, v: Value| {
+            [
+                Value::Bin(k.as_bytes().to_vec()),
+                v,
+                Value::Bin(b"owner".to_vec()),
+                Value::from(1_800_000_000),
+                Value::from(1_799_999_000),
+            ]
+        };
+        let mut payload = vec![Value::from(sub::RS2P_STORES)];
+        payload.extend(item("a", Value::from(1)));
+        payload.extend(item("b", Value::Nil));
+        let Packet::Stores(stores) = Packet::parse(&msg(main::WHISPER, payload.clone())) else {
+            panic!("not a batch");
+        };
+        assert_eq!(stores.len(), 2);
+        assert_eq!(stores[1].key, b"b");
+        assert!(stores[1].value.is_nil());
+        assert_eq!(
+            stores[0].transfer,
+            Some(TransferMeta {
+                owner: b"owner".to_vec(),
+                timestamp: 1_800_000_000,
+                since: Some(1_799_999_000),
+            })
+        );
+        // An item cut short, or a field of the wrong type, and the batch is
+        // ignored whole.
+        payload.pop();
+        assert!(matches!(
+            Packet::parse(&msg(main::WHISPER, payload.clone())),
+            Packet::Ignored(_)
+        ));
+        payload.push(Value::from("not a time"));
+        assert!(matches!(
+            Packet::parse(&msg(main::WHISPER, payload)),
+            Packet::Ignored(_)
+        ));
     }
 
     #[test]

@@ -283,7 +283,10 @@ async fn handle(sync: &SyncSocket, state: &Arc<Mutex<State>>, cmd: &Json) -> Res
             let prefix = field_str(cmd, "prefix")?;
             let count = field_u64(cmd, "count")?;
             let size = field_u64(cmd, "size")? as usize;
-            let tail: Vec<u8> = (0..size.saturating_sub(8))
+            // One random tail per burst (cheap), or one per value
+            // (`distinct`: values that do not compress as a batch).
+            let distinct = cmd.get("distinct").and_then(Json::as_bool) == Some(true);
+            let mut tail: Vec<u8> = (0..size.saturating_sub(8))
                 .map(|_| rand::random::<u8>())
                 .collect();
             let mut errors = 0u64;
@@ -292,6 +295,9 @@ async fn handle(sync: &SyncSocket, state: &Arc<Mutex<State>>, cmd: &Json) -> Res
             for i in 0..count {
                 let key = format!("{prefix}{i:07}");
                 let mut value = format!("{i:08}").into_bytes();
+                if distinct {
+                    tail.iter_mut().for_each(|b| *b = rand::random::<u8>());
+                }
                 value.extend_from_slice(&tail);
                 if let Err(e) = sync.set(key, Value::Bin(value)).await {
                     errors += 1;

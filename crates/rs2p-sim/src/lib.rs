@@ -421,7 +421,7 @@ impl Sim {
             let Ok(msg) = packed.parse(&self.limits) else {
                 continue;
             };
-            if msg.sub_flag() != Some(sub::STORE) {
+            if !matches!(msg.sub_flag(), Some(sub::STORE | sub::RS2P_STORES)) {
                 continue;
             }
             if msg.msg_type == main::BROADCAST {

@@ -77,6 +77,9 @@ struct Link {
     expected_id: Option<Vec<u8>>,
     /// An rs2p peer that speaks set reconciliation.
     reconciles: bool,
+    /// The peer reads batched state-transfer items
+    /// ([`sub::RS2P_STORES`]).
+    batches: bool,
     /// An rs2p peer in the broadcast tree; `lazy` when the link is out of
     /// the tree (broadcasts are announced on it, not pushed), with the ids
     /// waiting to be announced.
@@ -123,6 +126,7 @@ impl Link {
             unsent: 0,
             expected_id: None,
             reconciles: false,
+            batches: false,
             tree: false,
             lazy: false,
             announce: Vec::new(),
@@ -335,6 +339,12 @@ impl Mesh {
         self.links.get(&conn).is_some_and(|c| c.reconciles)
     }
 
+    /// True when the peer on `conn` is an rs2p node that reads batched
+    /// state-transfer items.
+    pub fn batches(&self, conn: ConnId) -> bool {
+        self.links.get(&conn).is_some_and(|c| c.batches)
+    }
+
     /// True when we dialled `conn`.
     pub fn is_outgoing(&self, conn: ConnId) -> bool {
         self.links.get(&conn).is_some_and(|c| c.outgoing)
@@ -441,6 +451,7 @@ impl Mesh {
                 Value::from(flags::compression::RS2P_MARKER),
                 Value::from(flags::compression::RS2P_RECONCILES),
                 Value::from(flags::compression::RS2P_TREE),
+                Value::from(flags::compression::RS2P_BATCHES),
             ])
             .collect();
         let payload = [

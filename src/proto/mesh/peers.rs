@@ -89,6 +89,7 @@ impl Mesh {
         c.peer_addr = h.addr.clone();
         c.kind = kind;
         c.reconciles = kind == PeerKind::Rs && h.reconciles();
+        c.batches = kind == PeerKind::Rs && h.batches();
         c.tree = kind == PeerKind::Rs && h.tree();
         c.set_peer_methods(h.methods, &compression);
         if !first {

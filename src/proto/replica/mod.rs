@@ -14,7 +14,7 @@ use super::{ConnId, Now, Output};
 use crate::error::{Error, Result};
 use crate::value::Value;
 use crate::wire::flags::{main, sub};
-use crate::wire::packet::{Packet, Store};
+use crate::wire::packet::{Packet, Store, TransferMeta};
 use crate::wire::{msgpack, Packed};
 
 mod sessions;
@@ -377,20 +377,18 @@ impl Replica {
                 value,
                 transfer: Some(t),
             }) => {
-                let timestamp = date(t.timestamp);
-                let version = Version {
-                    meta: Meta {
-                        owner: t.owner.clone(),
-                        timestamp,
-                    },
-                    // An rs2p peer's lease start, dated the same way.
-                    since: t.since.map_or(timestamp, date).min(timestamp),
-                    deleted: value.is_nil(),
-                };
-                if t.since.is_none() {
-                    self.reference_transfer(mesh, key, value.clone(), version, now);
-                } else {
-                    self.merge_transfer(mesh, inc.conn, key, value, version, now);
+                self.on_transfer_item(mesh, inc.conn, key, value, t, now);
+                true
+            }
+            Packet::Stores(items) => {
+                // Only rs2p peers send batches, and they are read only from
+                // rs2p peers.
+                if mesh.peer_kind(inc.conn) == PeerKind::Rs {
+                    for s in items {
+                        if let Some(t) = &s.transfer {
+                            self.on_transfer_item(mesh, inc.conn, &s.key, &s.value, t, now);
+                        }
+                    }
                 }
                 true
             }
@@ -439,6 +437,35 @@ impl Replica {
             // references would (they drop the link instead).
             Packet::Ignored(_) => true,
             _ => false,
+        }
+    }
+
+    /// One state-transfer item: a peer's version of a key, with its owner,
+    /// date and (from rs2p peers) lease start.
+    fn on_transfer_item(
+        &mut self,
+        mesh: &mut Mesh,
+        from: ConnId,
+        key: &[u8],
+        value: &Value,
+        t: &TransferMeta,
+        now: Now,
+    ) {
+        let date = |t: i64| dated(t, now.unix);
+        let timestamp = date(t.timestamp);
+        let version = Version {
+            meta: Meta {
+                owner: t.owner.clone(),
+                timestamp,
+            },
+            // An rs2p peer's lease start, dated the same way.
+            since: t.since.map_or(timestamp, date).min(timestamp),
+            deleted: value.is_nil(),
+        };
+        if t.since.is_none() {
+            self.reference_transfer(mesh, key, value.clone(), version, now);
+        } else {
+            self.merge_transfer(mesh, from, key, value, version, now);
         }
     }
 
@@ -556,7 +583,12 @@ fn check_value(mesh: &Mesh, key: &[u8], value: &Value) -> Result<()> {
 }
 
 /// Frames state-transfer items and queues them in chunks.
+/// Sends state-transfer items; to rs2p peers that read them, several per
+/// message ([`sub::RS2P_STORES`]), up to [`BATCH_BYTES`] of items each.
 fn send_transfer(mesh: &mut Mesh, conn: ConnId, items: &[TransferItem], now: Now) {
+    if mesh.batches(conn) && items.len() > 1 && items.iter().all(|i| i.count == 6) {
+        return send_batches(mesh, conn, items, now);
+    }
     let mut chunk: Vec<Bytes> = Vec::new();
     let mut chunk_len = 0;
     for item in items {
@@ -579,6 +611,50 @@ fn send_transfer(mesh: &mut Mesh, conn: ConnId, items: &[TransferItem], now: Now
     if !chunk.is_empty() {
         mesh.send_frames(conn, &chunk, now);
     }
+}
+
+/// Items (their encodings) in one batch, at most: a batch compresses as a
+/// whole and pays one header, and stays far below any frame limit.
+const BATCH_BYTES: usize = 64 << 10;
+
+/// Sends rs2p items (six packets each: the store sub-flag, then the five
+/// a batch carries per item) in batches.
+fn send_batches(mesh: &mut Mesh, conn: ConnId, items: &[TransferItem], now: Now) {
+    let mut head = Vec::with_capacity(1);
+    msgpack::encode_into(&Value::from(sub::STORE), &mut head);
+    let mut batch_head = Vec::with_capacity(1);
+    msgpack::encode_into(&Value::from(sub::RS2P_STORES), &mut batch_head);
+    let mut frames: Vec<Bytes> = Vec::new();
+    let mut payload = batch_head.clone();
+    let mut count = 1;
+    let mut flush = |payload: &mut Vec<u8>, count: &mut usize, mesh: &mut Mesh| {
+        if *count == 1 {
+            return;
+        }
+        let packed =
+            Packed::from_encoded_payload(main::WHISPER, mesh.id(), now.unix, *count, payload);
+        let frame = packed.to_frame(mesh.send_method(conn, packed.body().len()));
+        mesh.transfer_sent(frame.len());
+        frames.push(frame);
+        payload.clear();
+        payload.extend_from_slice(&batch_head);
+        *count = 1;
+    };
+    for item in items {
+        // Each item's encoding starts with the store sub-flag, which the
+        // batch's own replaces.
+        let body = item
+            .payload
+            .strip_prefix(head.as_slice())
+            .unwrap_or(&item.payload);
+        if payload.len() + body.len() > BATCH_BYTES {
+            flush(&mut payload, &mut count, mesh);
+        }
+        payload.extend_from_slice(body);
+        count += 5;
+    }
+    flush(&mut payload, &mut count, mesh);
+    mesh.send_frames(conn, &frames, now);
 }
 
 #[cfg(test)]

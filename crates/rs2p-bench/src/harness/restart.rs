@@ -88,9 +88,13 @@ pub(super) async fn run_restart(env: &Env, m: usize, stale: usize, plan: &Plan) 
         }
         first?;
 
-        // While B is down, A rewrites D keys (a new random tail per burst,
-        // so every rewritten value differs from the one B holds).
-        load(&mut a, "R", stale, plan.value, plan.load_limit).await?;
+        // While B is down, A rewrites D keys, each with new random bytes
+        // (values that share bytes would compress together and flatter the
+        // figure).
+        a.send(json!({ "cmd": "burst", "prefix": "R", "count": stale, "size": plan.value, "distinct": true }));
+        a.expect("burst_done", Instant::now() + plan.load_limit)
+            .await
+            .map_err(|e| format!("rewriting {stale} keys on A: {e}"))?;
 
         let spawned = now_us();
         let mut b = Node::start_with(env, Impl::Rs2p, "restart-b2", &extra).await?;
