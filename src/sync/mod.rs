@@ -74,12 +74,11 @@ impl SyncSocket {
         let mut dict = Dict::default();
         let mut store = None;
         if let Some(dir) = &cfg.data_dir {
-            let (st, id, entries) = Store::open(dir)?;
+            let (st, id) = Store::open(dir, &mut |key, e| {
+                dict.load(key, e.value.as_ref(), e.meta, e.since);
+            })?;
             if mesh_cfg.id.is_none() {
                 mesh_cfg.id = id;
-            }
-            for (key, e) in entries {
-                dict.load(&key, e.value.as_ref(), e.meta, e.since);
             }
             store = Some(st);
         }
