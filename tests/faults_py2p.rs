@@ -218,6 +218,55 @@ fn py2p_values_64_deep_are_kept_65_deep_skipped_and_the_link_stays() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// py2p's state transfer to a fresh rs2p node carries an item rs2p cannot
+/// read (a value 65 levels deep, which py2p took from its own user): that
+/// item is skipped and counted, the link stays up, and every other key of
+/// the transfer, before and after it, arrives.
+#[test]
+fn a_state_transfer_from_py2p_arrives_past_an_item_rs2p_cannot_read() {
+    if !require_peers() {
+        return;
+    }
+    let _turn = serial();
+    let rt = Rt::new();
+    let mut py = RefPeer::spawn(Impl::Py2p, &PeerOpts::sync());
+    let (_, deeper_json) = nested(Limits::default().max_depth + 1);
+    for i in 0..40 {
+        py.ok(json!({"op": "set", "key": format!("k{i:02}"), "value": i}));
+    }
+    py.ok(json!({"op": "set", "key": "deep65", "value": deeper_json}));
+    for i in 40..80 {
+        py.ok(json!({"op": "set", "key": format!("k{i:02}"), "value": i}));
+    }
+    let c = rt.sync(SyncConfig::new(local()));
+    let links = watch_links(&rt, &c);
+    rt.block(c.connect("127.0.0.1", py.port()))
+        .expect("the new node dials py2p");
+    wait_for("every readable key on the new node", T, || {
+        (0..80i64).all(|i| c.get(format!("k{i:02}")) == Some(Value::from(i)))
+    });
+    assert!(c.get("deep65").is_none());
+    let st = rt.block(c.mesh().stats()).unwrap();
+    assert_eq!((st.frames_skipped, st.bad_frames), (1, 0), "{st:?}");
+    // The link stayed, and carries py2p's next write.
+    py.ok(json!({"op": "set", "key": "after", "value": "still linked"}));
+    wait_for("py2p's next write on the new node", T, || {
+        c.get("after") == Some(Value::from("still linked"))
+    });
+    let pid = py.id().to_string();
+    assert_eq!(
+        joins_leaves(&links, &pid),
+        (1, 0),
+        "{:?}",
+        links.lock().unwrap()
+    );
+    assert_eq!(py.stats().0, 0, "py2p errors: {:?}", py.stats());
+    println!(
+        "state transfer from py2p with a 65-deep item among 80: 80 keys arrived, 1 frame skipped, 1 join, 0 leaves"
+    );
+    rt.block(c.close());
+}
+
 /// Resident memory of this process, in MiB.
 fn rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
