@@ -178,12 +178,17 @@ pub fn open(dict: &Dict) -> Vec<Range> {
     }]
 }
 
+/// A dictionary holds at least this many items before the opening message
+/// of a session carries a sketch: below it, ranges find a difference in a
+/// few small rounds, for less than the sketch's 12 KiB.
+pub const SKETCH_MIN_ITEMS: usize = 4096;
+
 /// The sketch of every item (see [`sketch`](super::sketch)), sent with the
-/// opening message of a session on connect; `None` when the opening
-/// message lists the items anyway.
+/// opening message of a session on connect; `None` for a dictionary under
+/// [`SKETCH_MIN_ITEMS`].
 pub fn sketch(dict: &Dict) -> Option<Sketch> {
     let total = dict.map.len() + dict.tombs.len();
-    (total > LIST_MAX).then(|| Sketch::of(items(dict).map(|it| (it.kh, it.ih))))
+    (total >= SKETCH_MIN_ITEMS).then(|| Sketch::of(items(dict).map(|it| (it.kh, it.ih))))
 }
 
 /// Reads a peer's sketch against our dictionary: when the difference

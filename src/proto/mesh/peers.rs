@@ -113,13 +113,20 @@ impl Mesh {
         true
     }
 
-    /// Sends our peers list, now holding the peer of `joined`, to the rs2p
-    /// peers that asked for peers lately: they are short of outgoing links
-    /// and dial the newcomer at once, where they would otherwise hear of it
-    /// only at their next refresh (up to a minute later), so a mesh settles
-    /// as soon as its last node is in. py2p and js2p peers get nothing new.
+    /// Tells the rs2p peers that asked for peers lately (they are short of
+    /// outgoing links) of the peer of `joined`, in a peers list of that one
+    /// entry: they dial the newcomer at once, where they would otherwise
+    /// hear of it only at their next refresh (up to a minute later), so a
+    /// mesh settles as soon as its last node is in. py2p and js2p peers get
+    /// nothing new.
     fn tell_new_peer(&mut self, joined: ConnId, now: Now) {
         let t = now.elapsed;
+        let Some(link) = self.links.get(&joined) else {
+            return;
+        };
+        let (Some(id), Some((host, port))) = (link.peer_id.clone(), link.full_addr()) else {
+            return;
+        };
         let wanting: Vec<ConnId> = self
             .links
             .iter()
@@ -134,7 +141,11 @@ impl Mesh {
         if wanting.is_empty() {
             return;
         }
-        let peers = self.peers_payload(PeerKind::Rs);
+        let entry = Value::Array(vec![
+            Value::Array(vec![Value::from(host), Value::from(port)]),
+            Value::Bin(id),
+        ]);
+        let peers = [Value::from(sub::PEERS), Value::Array(vec![entry])];
         for conn in wanting {
             self.whisper_to(conn, &peers, now);
         }
