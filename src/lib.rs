@@ -67,10 +67,11 @@
 //!   address;
 //! - while it has fewer than 4 outgoing links, asks its peers for their
 //!   lists now and then (after 250 ms, doubling to a minute; the references
-//!   ask only when a peer leaves), and sends an rs2p peer that asked it in
-//!   the last minute its list again whenever a new peer joins it, so the
-//!   asking node dials the newcomer at once and a mesh settles as soon as
-//!   its last node is in (py2p and js2p peers never get these lists);
+//!   ask only when a peer leaves), and tells an rs2p peer that asked it in
+//!   the last minute of each new peer that joins it (a peers list of that
+//!   one entry), so the asking node dials the newcomer at once and a mesh
+//!   settles as soon as its last node is in (py2p and js2p peers never get
+//!   these lists);
 //! - converges after partitions: rs2p nodes exchange lease start times and
 //!   tombstones with their state (a sixth packet in the state-transfer store
 //!   that only rs2p peers receive) and keep, per key, the version chosen by
@@ -144,7 +145,7 @@
 //! | sub-flag | payload | capability | what for |
 //! |---|---|---|---|
 //! | 0x2f neighbours | `[0x2f, [node id, ...]]` | marker 0x2f | relay pruning (older rs2p nodes) |
-//! | 0x2e sync | `[0x2e, session, [[mode, lo, hi, data], ...]]` (mode 1 `[count, sum]`, 2 a split `[count, sum, ...]`, 3 `[key hash, version hash, ...]`); on connect a fourth element, a 12 KiB bin: an IBLT of every `(key hash, version hash)` ([`proto::sketch`]) | 0x2e | set reconciliation: on connect, every 30 s, when a peer is lost; up to about 400 differing items are found from the sketch in one message, more by range fingerprints |
+//! | 0x2e sync | `[0x2e, session, [[mode, lo, hi, data], ...]]` (mode 1 `[count, sum]`, 2 a split `[count, sum, ...]`, 3 `[key hash, version hash, ...]`); on connect, from a dictionary of 4,096 items or more, a fourth element, a 12 KiB bin: an IBLT of every `(key hash, version hash)` ([`proto::sketch`]) | 0x2e | set reconciliation: on connect, every 30 s, when a peer is lost; up to about 400 differing items are found from the sketch in one message, more by range fingerprints |
 //! | 0x2d want | `[0x2d, [key hash, ...]]` | 0x2e | the versions to send after comparing item lists |
 //! | 0x28 stores | `[0x28, key, value, owner, timestamp, lease start, key, ...]` (five packets an item, up to 64 KiB of items) | 0x2c | state transfers and reconciliation: one header and checksum per batch, compressed as a whole |
 //! | 0x2c probe | `[0x2c, 0]`, answered `[0x2c, 1]` | marker 0x2f | keepalive after 10 s of silence, dropped after 30 s more |
