@@ -164,8 +164,11 @@ impl Version {
 pub fn supersedes(current: &Version, incoming: &Version, leasing: bool) -> bool {
     let (c, i) = (current, incoming);
     if c.meta.owner == i.meta.owner {
-        return i.meta.timestamp > c.meta.timestamp
-            || (i.meta.timestamp == c.meta.timestamp && i.deleted && !c.deleted);
+        // The later write; in one second a delete; then the earlier lease
+        // start, so that two versions differing only there still have one
+        // winner on both sides.
+        return (i.meta.timestamp, i.deleted, std::cmp::Reverse(i.since))
+            > (c.meta.timestamp, c.deleted, std::cmp::Reverse(c.since));
     }
     if !leasing {
         return i.meta.timestamp > c.meta.timestamp

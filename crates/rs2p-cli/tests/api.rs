@@ -1460,9 +1460,10 @@ fn metrics_move_with_traffic() {
     assert!(a1.get("rs2p_state_transfer_bytes_total", &[("direction", "out")]) > 0.0);
     assert_eq!(a1.get("rs2p_peers", &[("kind", "rs2p")]), 1.0);
     assert!(a1.get("rs2p_connections", &[]) >= 1.0);
-    // State transfers are whispers: a sent some, b received them.
-    assert!(a1.get("rs2p_frames_sent_total", &[("type", "whisper")]) >= 5.0);
-    assert!(b1.get("rs2p_frames_received_total", &[("type", "whisper")]) >= 5.0);
+    // State transfers are whispers (between rs2p nodes the 5 keys travel
+    // as one batch, after the peers list): a sent some, b received them.
+    assert!(a1.get("rs2p_frames_sent_total", &[("type", "whisper")]) >= 2.0);
+    assert!(b1.get("rs2p_frames_received_total", &[("type", "whisper")]) >= 2.0);
 
     // b writes; a receives broadcasts and their bytes, and sees their age.
     for i in 0..10 {

@@ -255,7 +255,9 @@ impl Mesh {
             }
         };
         self.stats.received(msg.msg_type, wire_len);
-        if msg.msg_type == main::WHISPER && msg.sub_flag() == Some(sub::STORE) {
+        if msg.msg_type == main::WHISPER
+            && matches!(msg.sub_flag(), Some(sub::STORE | sub::RS2P_STORES))
+        {
             self.stats.state_transfer_bytes_in += wire_len as u64;
         }
         let packet = Packet::parse(&msg);
