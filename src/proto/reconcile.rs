@@ -201,11 +201,8 @@ pub fn answer_sketch(dict: &Dict, theirs: &Sketch) -> Option<Answer> {
     let diff = ours.decode()?;
     let mut out = Answer::default();
     if !diff.ours.is_empty() {
-        let send: std::collections::HashSet<u64> = diff.ours.iter().map(|(kh, _)| *kh).collect();
-        out.send = items(dict)
-            .filter(|it| send.contains(&it.kh))
-            .map(|it| it.key.to_vec())
-            .collect();
+        let ours: Vec<u64> = diff.ours.iter().map(|(kh, _)| *kh).collect();
+        out.send = wanted(dict, &ours);
     }
     // Both sides' versions of a key that differs cross (as with item
     // lists): the merge rule picks the same one on both sides.

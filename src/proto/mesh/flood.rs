@@ -201,10 +201,7 @@ impl Mesh {
                 continue;
             }
             if let Some((h, p)) = c.full_addr() {
-                list.push(Value::Array(vec![
-                    Value::Array(vec![Value::from(h), Value::from(p)]),
-                    Value::Bin(id.clone()),
-                ]));
+                list.push(peer_entry(h, p, id.clone()));
             }
         }
         vec![Value::from(sub::PEERS), Value::Array(list)]
@@ -372,4 +369,12 @@ impl Mesh {
             })),
         }
     }
+}
+
+/// One entry of a peers list: `[[host, port], id]`.
+pub(super) fn peer_entry(host: String, port: u16, id: Vec<u8>) -> Value {
+    Value::Array(vec![
+        Value::Array(vec![Value::from(host), Value::from(port)]),
+        Value::Bin(id),
+    ])
 }

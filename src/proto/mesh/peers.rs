@@ -141,11 +141,10 @@ impl Mesh {
         if wanting.is_empty() {
             return;
         }
-        let entry = Value::Array(vec![
-            Value::Array(vec![Value::from(host), Value::from(port)]),
-            Value::Bin(id),
-        ]);
-        let peers = [Value::from(sub::PEERS), Value::Array(vec![entry])];
+        let peers = [
+            Value::from(sub::PEERS),
+            Value::Array(vec![super::flood::peer_entry(host, port, id)]),
+        ];
         for conn in wanting {
             self.whisper_to(conn, &peers, now);
         }
