@@ -334,12 +334,16 @@ impl RefPeer {
     }
 
     fn failure(&mut self, what: &str) -> String {
-        // give a dying process a moment to finish writing stderr
-        thread::sleep(Duration::from_millis(100));
-        let status = match self.child.try_wait() {
-            Ok(Some(st)) => format!("exited: {st}"),
-            Ok(None) => "still running".to_string(),
-            Err(e) => format!("status unknown: {e}"),
+        // A dying driver may still be writing its traceback: wait (up to a
+        // second) for it to exit, so that the whole of it is shown.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(st)) => break format!("exited: {st}"),
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
+                Ok(None) => break "still running".to_string(),
+                Err(e) => break format!("status unknown: {e}"),
+            }
         };
         let err = self.stderr();
         let tail: String = {

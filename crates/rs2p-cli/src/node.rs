@@ -121,7 +121,36 @@ impl Node {
                 None => break,
             }
         }
+        if dropped && self.joined_already(peer).await {
+            return Ok(());
+        }
         Err(self.refused(peer, dropped).await)
+    }
+
+    /// True when the node at `peer` is a peer already: it dialled this
+    /// node while this node dialled it, and this node's dial was dropped
+    /// as the second connection between the two (both ends keep the same
+    /// one, so which survives is not ours to choose). Told by the address
+    /// the peer advertised, or by the id it sends in a plaintext handshake.
+    async fn joined_already(&self, peer: &HostPort) -> bool {
+        let Ok(peers) = self.sync.mesh().peers().await else {
+            return false;
+        };
+        let at_addr = peers.iter().any(|p| {
+            p.addr
+                .as_ref()
+                .is_some_and(|(host, port)| *port == peer.port && *host == peer.host)
+        });
+        if at_addr {
+            return true;
+        }
+        if self.transport != "plaintext" {
+            return false;
+        }
+        match probe::probe(&peer.host, peer.port).await {
+            Probe::Handshake { id, .. } => peers.iter().any(|p| p.id == id),
+            _ => false,
+        }
     }
 
     /// Why `connect` failed, with a hint.
