@@ -83,7 +83,10 @@
 //!   (sub-flag `ping`) that py2p ignores; and appends a reserved value
 //!   (0x2f) to the compression list of its handshake so rs2p nodes know each
 //!   other (the references intersect that list with what they know);
-//! - sends small frames (under 512 bytes) uncompressed to other rs2p nodes;
+//! - sends small frames (under 512 bytes) uncompressed to other rs2p nodes,
+//!   and without their 32-byte checksum to those that list the capability
+//!   value 0x2b ([`wire::Framing::Bare`]; the receiver computes the
+//!   checksum, which is the message id, itself);
 //! - tells its rs2p peers who its neighbours are (a whisper with the
 //!   rs2p-only sub-flag [`wire::flags::sub::RS2P_NEIGHBOURS`], sent whenever
 //!   its routing table changes, before anything else) and does not relay a
@@ -149,9 +152,17 @@
 //! | 0x2d want | `[0x2d, [key hash, ...]]` | 0x2e | the versions to send after comparing item lists |
 //! | 0x28 stores | `[0x28, key, value, owner, timestamp, lease start, key, ...]` (five packets an item, up to 64 KiB of items) | 0x2c | state transfers and reconciliation: one header and checksum per batch, compressed as a whole |
 //! | 0x2c probe | `[0x2c, 0]`, answered `[0x2c, 1]` | marker 0x2f | keepalive after 10 s of silence, dropped after 30 s more |
-//! | 0x2b announce | `[0x2b, [id, ...]]` (ids: the first 8 bytes of a broadcast's id, as u64) | 0x2d | lazy push on links out of the tree: batched, 100 ms doubling to 2 s while the tree is settled |
-//! | 0x2a graft | `[0x2a, [id, ...]]` | 0x2d | "push to me again, and send me these": an announced broadcast missing 150 ms later |
+//! | 0x2b announce | `[0x2b, [id, ...]]` (ids: the first 8 bytes of a broadcast's id, as u64) | 0x2d | lazy push on links out of the tree: batched, 100 ms doubling to 2 s while the tree is settled; an id the peer announced first is not announced back |
+//! | 0x2a graft | `[0x2a, [id, ...]]` | 0x2d | "push to me again, and send me these": an announced broadcast missing 150 ms later, or (no ids) on every link out of the tree when a node's last tree link closes |
 //! | 0x29 prune | `[0x29]` | 0x2d | "stop pushing to me": a duplicate came on the link (after 16 in a row on a link that ever delivered a first copy) |
+//!
+//! Frames to peers that list 0x2b may also be *bare*: a body under 512
+//! bytes sent without its checksum (`length || packed`, no compression).
+//! The receiver tells one by its first byte (a msgpack array header, where
+//! a checked body starts with checksum bytes) and a message that parses to
+//! the end; anything else is read the usual way. To those peers the
+//! messages above that only the link's other end reads (announce, graft,
+//! prune, probe) also go with an empty sender and time 0.
 //!
 //! Every count in them is capped (ids per announcement or graft, ranges,
 //! items and want lists per reconciliation message, rounds per session); a

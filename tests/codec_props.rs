@@ -4,7 +4,7 @@
 
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
-use rs2p::wire::{msgpack, next_frame, Compression, Limits, Packed, WireMessage};
+use rs2p::wire::{msgpack, next_frame, Compression, Framing, Limits, Packed, WireMessage};
 use rs2p::{Integer, Value};
 
 /// `PROPTEST_CASES` raises every case count for longer runs.
@@ -77,6 +77,28 @@ proptest! {
         prop_assert_eq!(msg.time, time);
         prop_assert_eq!(msg.payload, payload);
     }
+
+    /// Every framing an rs2p receiver may get on a link to an rs2p peer
+    /// (checked, compressed, bare) decodes to the same message and id.
+    #[test]
+    fn every_framing_decodes_on_a_bare_link(
+        msg_type in 0u8..5,
+        sender in proptest::collection::vec(any::<u8>(), 0..70),
+        time in any::<i64>(),
+        payload in proptest::collection::vec(value(), 0..6),
+        method in compression(),
+        bare in any::<bool>(),
+    ) {
+        let packed = Packed::new(msg_type, &sender, time, &payload);
+        let framing = if bare { Framing::Bare } else { Framing::Checked(method) };
+        let frame = packed.framed(framing);
+        let mut buf = BytesMut::from(&frame[..]);
+        let body = next_frame(&mut buf, &Limits::default()).unwrap().unwrap();
+        let methods: Vec<_> = method.into_iter().collect();
+        let (back, msg) = Packed::decode(body, &methods, true, &Limits::default()).unwrap();
+        prop_assert_eq!(&back, &packed);
+        prop_assert_eq!(msg.payload, payload);
+    }
 }
 
 fn small_limits() -> Limits {
@@ -100,6 +122,12 @@ fn feed(bytes: &[u8]) {
         }
     }
     let _ = Packed::from_body(Bytes::copy_from_slice(bytes), &[], &limits);
+    let _ = Packed::decode(
+        Bytes::copy_from_slice(bytes),
+        &Compression::ALL,
+        true,
+        &limits,
+    );
 }
 
 proptest! {
@@ -206,4 +234,21 @@ fn hostile_sizes_are_refused_with_typed_errors() {
         .unwrap_err()
         .to_string()
         .contains("time is str"));
+}
+
+/// A bare message over the receiver's limits is a limit error (the frame is
+/// skipped, the link kept), as a checked one is; not a bad frame.
+#[test]
+fn a_bare_message_over_the_limits_is_a_limit_error() {
+    let mut deep = Value::from(1);
+    for _ in 0..65 {
+        deep = Value::Array(vec![deep]);
+    }
+    let packed = Packed::new(0, b"sender", 1, &[Value::from(0), deep]);
+    for framing in [Framing::Bare, Framing::Checked(None)] {
+        let frame = packed.framed(framing);
+        let body = Bytes::copy_from_slice(&frame[4..]);
+        let err = Packed::decode(body, &[], true, &Limits::default()).unwrap_err();
+        assert!(err.is_limit(), "{framing:?}: {err}");
+    }
 }

@@ -219,9 +219,9 @@ impl Net {
 /// The sub-flag of a whisper (state-transfer stores, reconciliation), and
 /// the items it carries when it is a batch.
 fn whisper_sub_flag(body: &[u8]) -> Option<(u8, usize)> {
-    Packed::from_body(Bytes::copy_from_slice(body), &[], &Limits::default())
-        .and_then(|p| p.parse(&Limits::default()))
+    Packed::decode(Bytes::copy_from_slice(body), &[], true, &Limits::default())
         .ok()
+        .map(|(_, m)| m)
         .filter(|m| m.msg_type == main::WHISPER)
         .and_then(|m| Some((m.sub_flag()?, m.payload.len().saturating_sub(1) / 5)))
 }
@@ -445,13 +445,73 @@ fn sent_to(net: &Net, node: usize, fake: &Fake) -> Vec<crate::wire::WireMessage>
             let mut buf = bytes::BytesMut::from(&b[..]);
             let mut out = Vec::new();
             while let Ok(Some(body)) = next_frame(&mut buf, &Limits::default()) {
-                let p = Packed::from_body(body, &crate::wire::Compression::ALL, &Limits::default())
-                    .expect("our own frame");
-                out.push(p.parse(&Limits::default()).expect("our own message"));
+                let (_, m) = Packed::decode(
+                    body,
+                    &crate::wire::Compression::ALL,
+                    true,
+                    &Limits::default(),
+                )
+                .expect("our own frame");
+                out.push(m);
             }
             out
         })
         .collect()
+}
+
+#[test]
+fn small_frames_go_without_their_checksum_only_to_rs2p_peers_that_read_that() {
+    use super::PeerKind::{Py, Rs};
+    let mut net = Net::new(&["A", "B"]);
+    net.connect(0, 1);
+    // A scripted rs2p peer of an older version (no RS2P_BARE) and a py2p
+    // one: both must get checked frames.
+    let old_rs = net.fake(0, "R", Rs, 10);
+    let py = net.fake(0, "P", Py, 11);
+    let now = net.now;
+    net.sunk.clear();
+    net.nodes[0]
+        .set(b"k".to_vec(), Value::from("v"), now)
+        .unwrap();
+    net.settle();
+    assert_eq!(
+        net.get(1, "k"),
+        Some(Value::from("v")),
+        "B reads the bare frame"
+    );
+    for f in [&old_rs, &py] {
+        let frames: Vec<Bytes> = net
+            .sunk
+            .iter()
+            .filter(|(c, _)| *c == f.conn)
+            .flat_map(|(_, b)| {
+                let mut buf = bytes::BytesMut::from(&b[..]);
+                std::iter::from_fn(move || next_frame(&mut buf, &Limits::default()).ok().flatten())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert!(!frames.is_empty());
+        for body in frames {
+            Packed::from_body(body, &[], &Limits::default()).expect("a checked frame");
+        }
+    }
+    // What A sends B is 32 bytes shorter than the checked frame.
+    let packed = Packed::new(
+        main::BROADCAST,
+        b"A",
+        now.unix,
+        &[Value::from(sub::BROADCAST)],
+    );
+    let conn = net.conn_to(0, 1);
+    let bare = packed.framed(net.nodes[0].mesh().framing(conn, packed.body().len()));
+    assert_eq!(bare.len() + 32, packed.to_frame(None).len());
+    // A frame whose checksum is wrong is still refused on a bare link.
+    let mut bad = packed.body().to_vec();
+    bad[0] ^= 1;
+    let b_conn = net.conn_to(1, 0);
+    net.nodes[1].handle_frame(b_conn, Bytes::from(bad), &Unbounded, now);
+    net.settle();
+    assert_eq!(net.nodes[1].stats().bad_frames, 1);
 }
 
 #[test]
@@ -859,6 +919,31 @@ fn a_crashed_writer_s_last_writes_are_shared_by_its_neighbours_at_once() {
         Some(Value::from(1)),
         "without waiting for a round"
     );
+}
+
+#[test]
+fn a_node_that_loses_its_last_tree_link_grafts_the_others_back() {
+    // Triangle: once the tree has settled, C gets A's writes from A only
+    // (its link to B is out of the tree).
+    let mut net = Net::new(&["A", "B", "C"]);
+    net.connect(0, 1);
+    net.connect(0, 2);
+    net.connect(1, 2);
+    fill(&mut net, 0, (0..3).map(|i| format!("settle{i}")));
+    let grafts = net.nodes[2].stats().tree_grafts;
+    // The link A-C ends (both ends see it); A and B stay linked.
+    let (ac, ca) = (net.conn_to(0, 2), net.conn_to(2, 0));
+    net.wires.remove(&(0, ac));
+    net.wires.remove(&(2, ca));
+    let now = net.now;
+    net.nodes[0].handle_closed(ac, "reset", now);
+    net.nodes[2].handle_closed(ca, "reset", now);
+    net.settle();
+    assert_eq!(net.nodes[2].stats().tree_grafts, grafts + 1, "C grafts B");
+    // A's next write reaches C through B at once, not after an
+    // announcement and a graft.
+    fill(&mut net, 0, ["after".to_string()]);
+    assert_eq!(net.get(2, "after"), Some(Value::from(0)));
 }
 
 #[test]

@@ -146,6 +146,10 @@ pub mod compression {
     /// Not a compression: an rs2p node that reads batched state-transfer
     /// items ([`RS2P_STORES`](super::sub::RS2P_STORES)) lists this too.
     pub const RS2P_BATCHES: u8 = 0x2c;
+    /// Not a compression: an rs2p node that reads frames without their
+    /// checksum ([`Framing::Bare`](crate::wire::Framing::Bare)) lists this
+    /// too.
+    pub const RS2P_BARE: u8 = 0x2b;
 }
 
 /// The protocol's name of a sub-flag, for logs.

@@ -114,6 +114,69 @@ impl Packed {
         &self.body
     }
 
+    /// The complete frame laid out as `framing` says.
+    ///
+    /// ```
+    /// use bytes::BytesMut;
+    /// use rs2p::wire::{next_frame, Framing, Limits, Packed};
+    /// let p = Packed::new(2, b"me", 1, &[0.into()]);
+    /// let bare = p.framed(Framing::Bare);
+    /// // The bare frame leaves the 32-byte checksum out; the receiver
+    /// // computes it.
+    /// assert_eq!(bare.len() + 32, p.framed(Framing::Checked(None)).len());
+    /// let body = next_frame(&mut BytesMut::from(&bare[..]), &Limits::default())
+    ///     .unwrap()
+    ///     .unwrap();
+    /// let (back, _) = Packed::decode(body, &[], true, &Limits::default()).unwrap();
+    /// assert_eq!(back, p);
+    /// ```
+    pub fn framed(&self, framing: Framing) -> Bytes {
+        match framing {
+            Framing::Checked(compression) => self.to_frame(compression),
+            Framing::Bare => {
+                let packed = self.msgpack();
+                let mut out = Vec::with_capacity(4 + packed.len());
+                out.extend_from_slice(&(packed.len() as u32).to_be_bytes());
+                out.extend_from_slice(packed);
+                out.into()
+            }
+        }
+    }
+
+    /// Decodes and parses a frame body (without its length prefix) as
+    /// [`from_body`](Self::from_body) and [`parse`](Self::parse) do; with
+    /// `bare`, a body that is a message without its checksum (sent
+    /// [`Framing::Bare`] by an rs2p peer that said it would) is taken too,
+    /// its id computed here.
+    pub fn decode(
+        body: Bytes,
+        methods: &[Compression],
+        bare: bool,
+        limits: &Limits,
+    ) -> Result<(Packed, WireMessage), DecodeError> {
+        // A bare message starts with its array header. A checked body may
+        // start the same way (its checksum's first byte) and so may a
+        // compressed one (a snappy length): those fail the parse and are
+        // read the usual way.
+        if bare && matches!(body.first(), Some(0x90..=0x9f | 0xdc | 0xdd)) {
+            match WireMessage::parse(&body, limits) {
+                Ok(msg) => return Ok((Packed::from_msgpack(&body), msg)),
+                // A bare message over our limits is reported as such (the
+                // frame is skipped, the link kept), unless the body reads
+                // the usual way.
+                Err(e) if e.is_limit() => {
+                    return Packed::from_body(body, methods, limits)
+                        .and_then(|p| p.parse(limits).map(|m| (p, m)))
+                        .map_err(|_| e)
+                }
+                Err(_) => {}
+            }
+        }
+        let packed = Packed::from_body(body, methods, limits)?;
+        let msg = packed.parse(limits)?;
+        Ok((packed, msg))
+    }
+
     /// The complete frame, compressed with `compression` if given.
     pub fn to_frame(&self, compression: Option<Compression>) -> Bytes {
         let compressed;
@@ -175,6 +238,19 @@ impl Packed {
 
 fn body_is_valid(body: &[u8]) -> bool {
     body.len() >= 32 && Sha256::digest(&body[32..]).as_slice() == &body[..32]
+}
+
+/// How a message is laid out in a frame's body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// As every peer reads it: the checksum, then the packed message,
+    /// compressed as a whole with the method if one is given.
+    Checked(Option<Compression>),
+    /// The packed message alone, uncompressed: only to rs2p peers that list
+    /// [`RS2P_BARE`](crate::wire::flags::compression::RS2P_BARE). The
+    /// checksum is the message's id, which the receiver computes anyway;
+    /// leaving it out saves 32 bytes a frame, a quarter of a small write.
+    Bare,
 }
 
 /// A decoded message: `[msg_type, sender, time, payload...]`.

@@ -15,7 +15,7 @@ pub mod msgpack;
 pub mod packet;
 
 pub use compression::Compression;
-pub use frame::{next_frame, MessageId, Packed, WireMessage};
+pub use frame::{next_frame, Framing, MessageId, Packed, WireMessage};
 
 /// Limits applied to everything decoded from the network.
 ///

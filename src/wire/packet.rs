@@ -46,6 +46,12 @@ impl Handshake {
         self.is_rs2p() && self.methods.contains(&i64::from(compression::RS2P_BATCHES))
     }
 
+    /// True when the peer is an rs2p node that reads frames without their
+    /// checksum.
+    pub fn bare(&self) -> bool {
+        self.is_rs2p() && self.methods.contains(&i64::from(compression::RS2P_BARE))
+    }
+
     /// True when the peer is an rs2p node that speaks set reconciliation.
     pub fn reconciles(&self) -> bool {
         self.is_rs2p()

@@ -1014,6 +1014,20 @@ async fn run_latency(env: &Env, imp: Impl, n: usize, plan: &Plan) -> RunResult {
         if let (Some(b0), Some(b1)) = (sent(&stats0), sent(&stats)) {
             out.figures.insert("bytes_sent_per_set", b1.saturating_sub(b0) as f64 / sets as f64);
         }
+        // Of which whispers (rs2p: tree announcements, grafts, prunes,
+        // pings), and the announcement frames among them.
+        let total = |st: &[Ev], f: &str| -> Option<u64> {
+            let v: Vec<u64> = st.iter().filter_map(|s| s.u64(f)).collect();
+            (v.len() == st.len() && !v.is_empty()).then(|| v.iter().sum())
+        };
+        for (field, figure) in [
+            ("whisper_bytes_sent", "whisper_bytes_per_set"),
+            ("announcements", "announcements_per_set"),
+        ] {
+            if let (Some(a), Some(b)) = (total(&stats0, field), total(&stats, field)) {
+                out.figures.insert(figure, b.saturating_sub(a) as f64 / sets as f64);
+            }
+        }
         out.figures.insert(
             "cpu_ms_per_set",
             ((sched1.0 - sched0.0) as f64 - idle_ns).max(0.0) / 1e6 / sets as f64,

@@ -333,6 +333,9 @@ async fn handle(sync: &SyncSocket, state: &Arc<Mutex<State>>, cmd: &Json) -> Res
                     "duplicates": st.duplicate_broadcasts,
                     "relays_pruned": st.relays_pruned,
                     "bytes_sent": st.bytes_sent,
+                    // Whispers: announcements, grafts, prunes, pings.
+                    "whisper_bytes_sent": st.bytes_out.get(&rs2p::wire::flags::main::WHISPER).copied().unwrap_or(0),
+                    "announcements": st.tree_announcements,
                 }),
             );
         }

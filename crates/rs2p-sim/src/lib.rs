@@ -415,10 +415,8 @@ impl Sim {
         let mut buf = BytesMut::from(&bytes[..]);
         while let Ok(Some(body)) = next_frame(&mut buf, &self.limits) {
             self.report.frames += 1;
-            let Ok(packed) = Packed::from_body(body, &[], &self.limits) else {
-                continue;
-            };
-            let Ok(msg) = packed.parse(&self.limits) else {
+            // Bare frames too: every node here is rs2p.
+            let Ok((packed, msg)) = Packed::decode(body, &[], true, &self.limits) else {
                 continue;
             };
             if !matches!(msg.sub_flag(), Some(sub::STORE | sub::RS2P_STORES)) {
@@ -467,12 +465,13 @@ impl Sim {
     fn note_hops(&mut self, from: usize, to: usize, bytes: &Bytes) {
         let mut buf = BytesMut::from(&bytes[..]);
         while let Ok(Some(body)) = next_frame(&mut buf, &self.limits) {
-            if body.len() < 34 || body[33] != main::BROADCAST {
+            let Ok((packed, msg)) = Packed::decode(body, &[], true, &self.limits) else {
+                continue;
+            };
+            if msg.msg_type != main::BROADCAST {
                 continue;
             }
-            let mut id = [0u8; 32];
-            id.copy_from_slice(&body[..32]);
-            if let Some(h) = self.hops.get_mut(&id) {
+            if let Some(h) = self.hops.get_mut(&packed.id()) {
                 if let Some(&hf) = h.get(&from) {
                     h.entry(to).or_insert(hf + 1);
                 }

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::value::Value;
 use crate::wire::flags::{self, main, sub};
 use crate::wire::packet::Packet;
-use crate::wire::{Compression, MessageId, Packed, WireMessage};
+use crate::wire::{Compression, Framing, MessageId, Packed, WireMessage};
 
 mod flood;
 mod peers;
@@ -80,6 +80,8 @@ struct Link {
     /// The peer reads batched state-transfer items
     /// ([`sub::RS2P_STORES`]).
     batches: bool,
+    /// The peer reads frames without their checksum ([`Framing::Bare`]).
+    bare: bool,
     /// An rs2p peer in the broadcast tree; `lazy` when the link is out of
     /// the tree (broadcasts are announced on it, not pushed), with the ids
     /// waiting to be announced.
@@ -127,6 +129,7 @@ impl Link {
             expected_id: None,
             reconciles: false,
             batches: false,
+            bare: false,
             tree: false,
             lazy: false,
             announce: Vec::new(),
@@ -158,11 +161,18 @@ impl Link {
         self.peer_methods = methods;
     }
 
-    fn method_for(&self, len: usize) -> Option<Compression> {
+    /// How a message body of `len` bytes goes to this peer: small ones
+    /// uncompressed to rs2p peers, and without their checksum to those
+    /// that read that.
+    fn framing(&self, len: usize) -> Framing {
         if self.kind == PeerKind::Rs && len < RS2P_COMPRESS_MIN {
-            None
+            if self.bare {
+                Framing::Bare
+            } else {
+                Framing::Checked(None)
+            }
         } else {
-            self.send_method
+            Framing::Checked(self.send_method)
         }
     }
 
@@ -364,9 +374,11 @@ impl Mesh {
             .collect()
     }
 
-    /// The compression to use towards `conn` for a body of `len` bytes.
-    pub fn send_method(&self, conn: ConnId, len: usize) -> Option<Compression> {
-        self.links.get(&conn).and_then(|c| c.method_for(len))
+    /// How a message body of `len` bytes is framed for `conn`.
+    pub fn framing(&self, conn: ConnId, len: usize) -> Framing {
+        self.links
+            .get(&conn)
+            .map_or(Framing::Checked(None), |c| c.framing(len))
     }
 
     pub(super) fn outgoing_count(&self) -> usize {
@@ -452,6 +464,7 @@ impl Mesh {
                 Value::from(flags::compression::RS2P_RECONCILES),
                 Value::from(flags::compression::RS2P_TREE),
                 Value::from(flags::compression::RS2P_BATCHES),
+                Value::from(flags::compression::RS2P_BARE),
             ])
             .collect();
         let payload = [

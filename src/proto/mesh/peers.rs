@@ -90,6 +90,7 @@ impl Mesh {
         c.kind = kind;
         c.reconciles = kind == PeerKind::Rs && h.reconciles();
         c.batches = kind == PeerKind::Rs && h.batches();
+        c.bare = kind == PeerKind::Rs && h.bare();
         c.tree = kind == PeerKind::Rs && h.tree();
         c.set_peer_methods(h.methods, &compression);
         if !first {

@@ -32,7 +32,7 @@ impl Mesh {
         self.push(Output::Close { conn });
         tracing::debug!(conn, %reason, "dropping connection");
         if c.tree && !c.lazy {
-            self.tree_changed(now);
+            self.tree_link_lost(now);
         }
         let Some(peer_id) = c.peer_id.clone() else {
             return;
@@ -130,12 +130,13 @@ impl Mesh {
             }
         }
         for (conn, kind) in probes {
-            let payload = match kind {
-                PeerKind::Rs => vec![Value::from(sub::RS2P_PROBE), Value::from(0)],
-                _ => vec![Value::from(sub::REQUEST), Value::Bin(b"*".to_vec())],
-            };
-            let packed = Packed::new(main::WHISPER, &self.cfg.id, now.unix, &payload);
-            self.send_packed(conn, &packed, now);
+            if kind == PeerKind::Rs {
+                self.link_local(conn, &[Value::from(sub::RS2P_PROBE), Value::from(0)], now);
+            } else {
+                let payload = [Value::from(sub::REQUEST), Value::Bin(b"*".to_vec())];
+                let packed = Packed::new(main::WHISPER, &self.cfg.id, now.unix, &payload);
+                self.send_packed(conn, &packed, now);
+            }
         }
         for conn in stalled {
             self.stats.stalled_links += 1;

@@ -18,7 +18,7 @@ use super::Mesh;
 use crate::proto::seen::fingerprint;
 use crate::proto::{ConnId, Now};
 use crate::value::Value;
-use crate::wire::flags::{main, sub};
+use crate::wire::flags::sub;
 use crate::wire::Packed;
 
 /// A broadcast's id as announcements and grafts carry it: its first 8
@@ -147,6 +147,30 @@ impl Mesh {
         }
     }
 
+    /// A link in the tree was lost (its connection closed). A node left
+    /// with no link in the tree grafts back every rs2p link out of it (the
+    /// duplicates that follow prune the extra ones again), rather than
+    /// hear of broadcasts only from the few peers announcing to it.
+    pub(super) fn tree_link_lost(&mut self, now: Now) {
+        self.tree_changed(now);
+        if self.eager_tree_links(ConnId::MAX) > 0 {
+            return;
+        }
+        let lazy: Vec<ConnId> = self
+            .links
+            .iter()
+            .filter(|(_, c)| c.tree && c.lazy)
+            .map(|(conn, _)| *conn)
+            .collect();
+        for conn in lazy {
+            if let Some(c) = self.links.get_mut(&conn) {
+                c.lazy = false;
+            }
+            self.stats.tree_grafts += 1;
+            self.link_local(conn, &ids_payload(sub::RS2P_GRAFT, &[]), now);
+        }
+    }
+
     /// Tree links still in the tree, other than `except`.
     fn eager_tree_links(&self, except: ConnId) -> usize {
         self.links
@@ -182,7 +206,7 @@ impl Mesh {
         c.dup_streak = 0;
         c.lazy = true;
         self.stats.tree_prunes += 1;
-        self.whisper_to(conn, &[Value::from(sub::RS2P_PRUNE)], now);
+        self.link_local(conn, &[Value::from(sub::RS2P_PRUNE)], now);
         self.tree_changed(now);
     }
 
@@ -205,7 +229,7 @@ impl Mesh {
         }
         if self.eager_tree_links(conn) == 0 {
             self.stats.tree_grafts += 1;
-            return self.whisper_to(conn, &ids_payload(sub::RS2P_GRAFT, &[]), now);
+            return self.link_local(conn, &ids_payload(sub::RS2P_GRAFT, &[]), now);
         }
         if let Some(c) = self.links.get_mut(&conn) {
             c.lazy = true;
@@ -215,8 +239,13 @@ impl Mesh {
 
     /// The peer on `conn` announced ids.
     pub(super) fn on_ihave(&mut self, conn: ConnId, ids: Vec<Fingerprint>, now: Now) {
-        if !self.links.get(&conn).is_some_and(|c| c.tree) {
+        let Some(c) = self.links.get_mut(&conn).filter(|c| c.tree) else {
             return;
+        };
+        // What the peer announces it has need not be announced to it.
+        if !c.announce.is_empty() {
+            let theirs: std::collections::HashSet<Fingerprint> = ids.iter().copied().collect();
+            c.announce.retain(|id| !theirs.contains(id));
         }
         for id in ids {
             if self.seen.contains_fingerprint(id) || self.tree.cache.get(&id).is_some() {
@@ -278,10 +307,8 @@ impl Mesh {
             .collect();
         for (conn, ids) in pending {
             for chunk in ids.chunks(MAX_IDS) {
-                let payload = ids_payload(sub::RS2P_IHAVE, chunk);
                 self.stats.tree_announcements += 1;
-                let packed = Packed::new(main::WHISPER, &self.cfg.id, now.unix, &payload);
-                self.send_packed(conn, &packed, now);
+                self.link_local(conn, &ids_payload(sub::RS2P_IHAVE, chunk), now);
             }
         }
         let overdue: Vec<Fingerprint> = self
@@ -313,9 +340,7 @@ impl Mesh {
                     }
                     self.stats.tree_grafts += 1;
                     self.tree_changed(now);
-                    let payload = ids_payload(sub::RS2P_GRAFT, &[id]);
-                    let packed = Packed::new(main::WHISPER, &self.cfg.id, now.unix, &payload);
-                    self.send_packed(conn, &packed, now);
+                    self.link_local(conn, &ids_payload(sub::RS2P_GRAFT, &[id]), now);
                 }
                 None => {
                     self.tree.missing.remove(&id);

@@ -599,7 +599,7 @@ fn send_transfer(mesh: &mut Mesh, conn: ConnId, items: &[TransferItem], now: Now
             item.count,
             &item.payload,
         );
-        let frame = packed.to_frame(mesh.send_method(conn, packed.body().len()));
+        let frame = packed.framed(mesh.framing(conn, packed.body().len()));
         chunk_len += frame.len();
         mesh.transfer_sent(frame.len());
         chunk.push(frame);
@@ -633,7 +633,7 @@ fn send_batches(mesh: &mut Mesh, conn: ConnId, items: &[TransferItem], now: Now)
         }
         let packed =
             Packed::from_encoded_payload(main::WHISPER, mesh.id(), now.unix, *count, payload);
-        let frame = packed.to_frame(mesh.send_method(conn, packed.body().len()));
+        let frame = packed.framed(mesh.framing(conn, packed.body().len()));
         mesh.transfer_sent(frame.len());
         frames.push(frame);
         payload.clear();
