@@ -152,8 +152,8 @@
 //! | 0x2d want | `[0x2d, [key hash, ...]]` | 0x2e | the versions to send after comparing item lists |
 //! | 0x28 stores | `[0x28, key, value, owner, timestamp, lease start, key, ...]` (five packets an item, up to 64 KiB of items) | 0x2c | state transfers and reconciliation: one header and checksum per batch, compressed as a whole |
 //! | 0x2c probe | `[0x2c, 0]`, answered `[0x2c, 1]` | marker 0x2f | keepalive after 10 s of silence, dropped after 30 s more |
-//! | 0x2b announce | `[0x2b, [id, ...]]` (ids: the first 8 bytes of a broadcast's id, as u64) | 0x2d | lazy push on links out of the tree: batched, 100 ms doubling to 2 s while the tree is settled; an id the peer announced first is not announced back |
-//! | 0x2a graft | `[0x2a, [id, ...]]` | 0x2d | "push to me again, and send me these": an announced broadcast missing 150 ms later, or (no ids) on every link out of the tree when a node's last tree link closes |
+//! | 0x2b announce | `[0x2b, [id, ...]]` (ids: the first 8 bytes of a broadcast's id, as u64); to peers that list 0x2b, `[0x2b, bin]`, the first 4 bytes of each id one after the other | 0x2d | lazy push on links out of the tree: batched, 100 ms doubling to 2 s while the tree is settled; an id the peer announced first is not announced back |
+//! | 0x2a graft | `[0x2a, [id, ...]]` (or a bin of 4-byte ids, as above) | 0x2d | "push to me again, and send me these": an announced broadcast missing 150 ms later, or (no ids) on every link out of the tree when a node's last tree link closes |
 //! | 0x29 prune | `[0x29]` | 0x2d | "stop pushing to me": a duplicate came on the link (after 16 in a row on a link that ever delivered a first copy) |
 //!
 //! Frames to peers that list 0x2b may also be *bare*: a body under 512

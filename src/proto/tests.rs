@@ -43,6 +43,8 @@ struct Net {
     syncs_in: Vec<usize>,
     /// Batches of state-transfer items delivered, per node.
     batches_in: Vec<usize>,
+    /// Announcements and grafts delivered: (receiver, sub-flag, ids packet).
+    tree_ids: Vec<(usize, u8, Value)>,
 }
 
 impl Net {
@@ -80,6 +82,7 @@ impl Net {
             stores_in: vec![0; ids.len()],
             syncs_in: vec![0; ids.len()],
             batches_in: vec![0; ids.len()],
+            tree_ids: Vec::new(),
         }
     }
 
@@ -119,6 +122,11 @@ impl Net {
                                 self.batches_in[j] += 1;
                             }
                             Some((sub::RS2P_SYNC, _)) => self.syncs_in[j] += 1,
+                            Some((f @ (sub::RS2P_IHAVE | sub::RS2P_GRAFT), _)) => {
+                                if let Some(ids) = whisper_packet(&body, 1) {
+                                    self.tree_ids.push((j, f, ids));
+                                }
+                            }
                             _ => {}
                         }
                         self.nodes[j].handle_frame(theirs, body, &Unbounded, now);
@@ -213,6 +221,13 @@ impl Net {
         self.nodes[to].handle_frame(conn, Bytes::copy_from_slice(&frame[4..]), &Unbounded, now);
         self.settle();
     }
+}
+
+/// Packet `at` of a whisper's payload.
+fn whisper_packet(body: &[u8], at: usize) -> Option<Value> {
+    let (_, m) =
+        Packed::decode(Bytes::copy_from_slice(body), &[], true, &Limits::default()).ok()?;
+    m.payload.get(at).cloned()
 }
 
 /// A whispered store (state transfer or reconciliation), uncompressed.
@@ -397,19 +412,33 @@ struct Fake {
 
 impl Net {
     fn fake(&mut self, node: usize, id: &str, kind: super::PeerKind, port: u16) -> Fake {
+        let marker = [crate::wire::flags::compression::RS2P_MARKER];
+        let methods: &[u8] = if kind == super::PeerKind::Rs {
+            &marker
+        } else {
+            &[]
+        };
+        self.fake_with(node, id, kind, port, methods)
+    }
+
+    /// A scripted peer whose handshake lists `methods` (rs2p capability
+    /// values) after zlib.
+    fn fake_with(
+        &mut self,
+        node: usize,
+        id: &str,
+        kind: super::PeerKind,
+        port: u16,
+        methods: &[u8],
+    ) -> Fake {
         let now = self.now;
         let conn = self.nodes[node].accept(now).expect("under the limit");
         self.wires.insert((node, conn), (usize::MAX, conn));
         self.nodes[node].handle_ready(conn, now);
         self.settle();
         let proto = crate::wire::ids::protocol_id("sync1", "Plaintext");
-        let mut methods = vec![Value::from(0x13)];
         let proto = match kind {
             super::PeerKind::Js => Value::from(proto),
-            super::PeerKind::Rs => {
-                methods.push(Value::from(crate::wire::flags::compression::RS2P_MARKER));
-                Value::Bin(proto.into_bytes())
-            }
             _ => Value::Bin(proto.into_bytes()),
         };
         let hs = [
@@ -417,7 +446,11 @@ impl Net {
             Value::Bin(id.as_bytes().to_vec()),
             proto,
             Value::Array(vec![Value::from("peer"), Value::from(port)]),
-            Value::Array(methods),
+            Value::Array(
+                std::iter::once(Value::from(0x13))
+                    .chain(methods.iter().map(|m| Value::from(*m)))
+                    .collect(),
+            ),
         ];
         self.feed(
             node,
@@ -1001,6 +1034,53 @@ fn a_broadcast_lost_on_a_tree_link_is_grafted_from_an_announcer() {
         .map(|n| n.stats().duplicate_broadcasts)
         .sum();
     assert_eq!(after, dups, "the graft brought no duplicate");
+    // Between current rs2p nodes ids travel as 4-byte short ids in a bin.
+    assert!(net
+        .tree_ids
+        .iter()
+        .any(|(j, f, _)| *j == 1 && *f == sub::RS2P_GRAFT));
+    for (_, f, ids) in &net.tree_ids {
+        match ids {
+            Value::Bin(b) => assert_eq!(b.len() % 4, 0),
+            Value::Array(a) => assert!(a.is_empty(), "sub-flag {f}: {ids:?}"),
+            other => panic!("sub-flag {f}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_tree_peer_without_compact_frames_is_announced_to_and_grafted_from_by_whole_ids() {
+    use super::mesh::GRAFT_AFTER;
+    use crate::wire::flags::compression::{RS2P_MARKER, RS2P_TREE};
+    let mut net = Net::new(&["A"]);
+    // An rs2p peer of an older version: in the tree, no compact frames.
+    let old = net.fake_with(0, "R", super::PeerKind::Rs, 10, &[RS2P_MARKER, RS2P_TREE]);
+    // It announces a broadcast A has not seen, by its whole fingerprint.
+    let missing = Packed::new(
+        main::BROADCAST,
+        b"X",
+        net.now.unix,
+        &[Value::from(sub::BROADCAST)],
+    );
+    let fp = crate::proto::seen::fingerprint(&missing.id());
+    let ihave = [
+        Value::from(sub::RS2P_IHAVE),
+        Value::Array(vec![Value::from(fp)]),
+    ];
+    let now = net.now;
+    net.feed(
+        0,
+        old.conn,
+        &Packed::new(main::WHISPER, b"R", now.unix, &ihave),
+    );
+    net.sunk.clear();
+    net.advance(GRAFT_AFTER + Duration::from_millis(10));
+    let grafts: Vec<Value> = sent_to(&net, 0, &old)
+        .into_iter()
+        .filter(|m| m.sub_flag() == Some(sub::RS2P_GRAFT))
+        .filter_map(|m| m.payload.get(1).cloned())
+        .collect();
+    assert_eq!(grafts, vec![Value::Array(vec![Value::from(fp)])]);
 }
 
 /// In a settled tree the announcements on a lazy link are redundant: the

@@ -155,12 +155,11 @@ pub enum Packet {
     Sync,
     /// rs2p only: a want list ([`sub::RS2P_WANT`]).
     Want,
-    /// rs2p only: broadcasts the peer holds ([`sub::RS2P_IHAVE`]), by the
-    /// first 8 bytes of their ids, little-endian.
-    IHave(Vec<u64>),
+    /// rs2p only: broadcasts the peer holds ([`sub::RS2P_IHAVE`]).
+    IHave(TreeIds),
     /// rs2p only: push to the peer again and send it these
     /// ([`sub::RS2P_GRAFT`]).
-    Graft(Vec<u64>),
+    Graft(TreeIds),
     /// rs2p only: stop pushing to the peer ([`sub::RS2P_PRUNE`]).
     Prune,
     /// rs2p only: a keepalive probe, or (`reply`) its answer.
@@ -198,13 +197,51 @@ fn peer_entry(v: &Value) -> Option<PeerEntry> {
 /// Message ids announced or grafted in one packet, at most.
 pub const MAX_MESSAGE_IDS: usize = 1024;
 
-/// A list of message fingerprints (`None` when malformed or too long).
-fn message_ids(v: Option<&Value>) -> Option<Vec<u64>> {
-    let list = v?.as_array()?;
-    if list.len() > MAX_MESSAGE_IDS {
-        return None;
+/// Broadcasts named in an announcement or a graft.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TreeIds {
+    /// The first 8 bytes of each id, little-endian: `[u64, ...]`.
+    Full(Vec<u64>),
+    /// The first 4 bytes of each id, little-endian, one after the other in
+    /// a bin: to peers that list
+    /// [`RS2P_BARE`](crate::wire::flags::compression::RS2P_BARE), 4 bytes
+    /// an id instead of 9.
+    Short(Vec<u32>),
+}
+
+impl TreeIds {
+    /// The packet for `ids`: short ones (their first 4 bytes) when `short`.
+    pub fn to_value(ids: &[u64], short: bool) -> Value {
+        if short {
+            // Truncation intended: the first 4 bytes of the id.
+            Value::Bin(
+                ids.iter()
+                    .flat_map(|id| (*id as u32).to_le_bytes())
+                    .collect(),
+            )
+        } else {
+            Value::Array(ids.iter().map(|id| Value::from(*id)).collect())
+        }
     }
-    list.iter().map(Value::as_u64).collect()
+
+    /// Reads either form (`None` when malformed or too long).
+    fn parse(v: Option<&Value>) -> Option<TreeIds> {
+        match v? {
+            Value::Array(list) if list.len() <= MAX_MESSAGE_IDS => list
+                .iter()
+                .map(Value::as_u64)
+                .collect::<Option<_>>()
+                .map(TreeIds::Full),
+            Value::Bin(b) if b.len() % 4 == 0 && b.len() / 4 <= MAX_MESSAGE_IDS => {
+                Some(TreeIds::Short(
+                    b.chunks_exact(4)
+                        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect(),
+                ))
+            }
+            _ => None,
+        }
+    }
 }
 
 impl Packet {
@@ -271,11 +308,11 @@ impl Packet {
                 ),
                 None => Packet::Ignored("neighbour list is not an array"),
             },
-            Some(sub::RS2P_IHAVE) => match message_ids(p.get(1)) {
+            Some(sub::RS2P_IHAVE) => match TreeIds::parse(p.get(1)) {
                 Some(ids) => Packet::IHave(ids),
                 None => Packet::Ignored("malformed announcement"),
             },
-            Some(sub::RS2P_GRAFT) => match message_ids(p.get(1)) {
+            Some(sub::RS2P_GRAFT) => match TreeIds::parse(p.get(1)) {
                 Some(ids) => Packet::Graft(ids),
                 None => Packet::Ignored("malformed graft"),
             },

@@ -11,7 +11,7 @@
 //! [`compression::RS2P_TREE`](crate::wire::flags::compression::RS2P_TREE)
 //! take part; py2p and js2p peers get every broadcast pushed, as before.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use super::Mesh;
@@ -19,6 +19,7 @@ use crate::proto::seen::fingerprint;
 use crate::proto::{ConnId, Now};
 use crate::value::Value;
 use crate::wire::flags::sub;
+use crate::wire::packet::TreeIds;
 use crate::wire::Packed;
 
 /// A broadcast's id as announcements and grafts carry it: its first 8
@@ -60,17 +61,33 @@ const MAX_MISSING: usize = 8192;
 /// Ids in one announcement or graft, at most.
 pub const MAX_IDS: usize = 1024;
 
-/// Recent broadcasts by id, for grafts.
+/// A broadcast's short id, as announcements and grafts to compact peers
+/// carry it: the first 4 bytes of its id (the low half of its
+/// [`Fingerprint`]). Two recent broadcasts sharing one cost at worst a
+/// graft answered with the other (dropped as a duplicate) or an
+/// announcement taken as held, which the periodic reconciliation makes up.
+pub type ShortId = u32;
+
+fn short(id: Fingerprint) -> ShortId {
+    // Truncation intended: the low half is the id's first 4 bytes.
+    id as ShortId
+}
+
+/// Short ids of the broadcasts delivered in the last [`CACHE_FOR`] (at most
+/// [`RECENT_COUNT`]): what a short announcement is checked against.
+const RECENT_COUNT: usize = 1 << 16;
+
+/// Recent broadcasts by short id, for grafts.
 #[derive(Default)]
 pub(super) struct Cache {
-    order: VecDeque<(Fingerprint, Duration, usize)>,
-    by_id: HashMap<Fingerprint, Packed>,
+    order: VecDeque<(ShortId, Duration, usize)>,
+    by_id: HashMap<ShortId, Packed>,
     bytes: usize,
 }
 
 impl Cache {
     pub(super) fn put(&mut self, packed: &Packed, now: Duration) {
-        let id = fingerprint(&packed.id());
+        let id = short(fingerprint(&packed.id()));
         if self.by_id.contains_key(&id) {
             return;
         }
@@ -93,30 +110,62 @@ impl Cache {
         }
     }
 
-    fn get(&self, id: &Fingerprint) -> Option<&Packed> {
-        self.by_id.get(id)
+    fn get_short(&self, id: ShortId) -> Option<&Packed> {
+        self.by_id.get(&id)
+    }
+
+    fn get(&self, id: Fingerprint) -> Option<&Packed> {
+        self.get_short(short(id))
+            .filter(|p| fingerprint(&p.id()) == id)
     }
 }
 
-/// An announced message not received yet: who announced it, and when to
-/// graft it from the next of them.
+/// The short ids of recent deliveries.
+#[derive(Default)]
+pub(super) struct Recent {
+    order: VecDeque<(ShortId, Duration)>,
+    last: HashMap<ShortId, Duration>,
+}
+
+impl Recent {
+    fn put(&mut self, id: ShortId, now: Duration) {
+        self.last.insert(id, now);
+        self.order.push_back((id, now));
+        while self.order.len() > RECENT_COUNT
+            || self
+                .order
+                .front()
+                .is_some_and(|(_, t)| now.saturating_sub(*t) > CACHE_FOR)
+        {
+            let Some((old, t)) = self.order.pop_front() else {
+                break;
+            };
+            if self.last.get(&old) == Some(&t) {
+                self.last.remove(&old);
+            }
+        }
+    }
+
+    fn contains(&self, id: ShortId) -> bool {
+        self.last.contains_key(&id)
+    }
+}
+
+/// An announced message not received yet: who announced it, when to graft
+/// it from the next of them, and its fingerprint when an announcer gave it
+/// whole (a peer without compact frames needs it whole in a graft).
 pub(super) struct Missing {
     announcers: Vec<ConnId>,
     due: Duration,
+    full: Option<Fingerprint>,
 }
 
 /// The tree's state on one node.
 #[derive(Default)]
 pub(super) struct Tree {
     pub(super) cache: Cache,
-    pub(super) missing: BTreeMap<Fingerprint, Missing>,
-}
-
-fn ids_payload(flag: u8, ids: &[Fingerprint]) -> Vec<Value> {
-    vec![
-        Value::from(flag),
-        Value::Array(ids.iter().map(|id| Value::from(*id)).collect()),
-    ]
+    pub(super) recent: Recent,
+    pub(super) missing: BTreeMap<ShortId, Missing>,
 }
 
 impl Mesh {
@@ -167,7 +216,11 @@ impl Mesh {
                 c.lazy = false;
             }
             self.stats.tree_grafts += 1;
-            self.link_local(conn, &ids_payload(sub::RS2P_GRAFT, &[]), now);
+            self.link_local(
+                conn,
+                &[Value::from(sub::RS2P_GRAFT), Value::Array(vec![])],
+                now,
+            );
         }
     }
 
@@ -215,7 +268,9 @@ impl Mesh {
     /// grafts: a graft asks the announcer (a node with no lazy link, alone
     /// or among py2p and js2p peers, keeps nothing).
     pub(super) fn delivered(&mut self, packed: &Packed, announced: bool, now: Now) {
-        self.tree.missing.remove(&fingerprint(&packed.id()));
+        let id = short(fingerprint(&packed.id()));
+        self.tree.missing.remove(&id);
+        self.tree.recent.put(id, now.elapsed);
         if announced {
             self.tree.cache.put(packed, now.elapsed);
         }
@@ -229,7 +284,11 @@ impl Mesh {
         }
         if self.eager_tree_links(conn) == 0 {
             self.stats.tree_grafts += 1;
-            return self.link_local(conn, &ids_payload(sub::RS2P_GRAFT, &[]), now);
+            return self.link_local(
+                conn,
+                &[Value::from(sub::RS2P_GRAFT), Value::Array(vec![])],
+                now,
+            );
         }
         if let Some(c) = self.links.get_mut(&conn) {
             c.lazy = true;
@@ -238,29 +297,50 @@ impl Mesh {
     }
 
     /// The peer on `conn` announced ids.
-    pub(super) fn on_ihave(&mut self, conn: ConnId, ids: Vec<Fingerprint>, now: Now) {
+    pub(super) fn on_ihave(&mut self, conn: ConnId, ids: TreeIds, now: Now) {
         let Some(c) = self.links.get_mut(&conn).filter(|c| c.tree) else {
             return;
         };
+        // (short id, whole fingerprint when given, held here already)
+        let named: Vec<(ShortId, Option<Fingerprint>, bool)> = match ids {
+            TreeIds::Full(ids) => ids
+                .into_iter()
+                .map(|id| {
+                    let held =
+                        self.seen.contains_fingerprint(id) || self.tree.cache.get(id).is_some();
+                    (short(id), Some(id), held)
+                })
+                .collect(),
+            TreeIds::Short(ids) => ids
+                .into_iter()
+                .map(|id| {
+                    let held =
+                        self.tree.recent.contains(id) || self.tree.cache.get_short(id).is_some();
+                    (id, None, held)
+                })
+                .collect(),
+        };
         // What the peer announces it has need not be announced to it.
         if !c.announce.is_empty() {
-            let theirs: std::collections::HashSet<Fingerprint> = ids.iter().copied().collect();
-            c.announce.retain(|id| !theirs.contains(id));
+            let theirs: HashSet<ShortId> = named.iter().map(|(id, _, _)| *id).collect();
+            c.announce.retain(|id| !theirs.contains(&short(*id)));
         }
-        for id in ids {
-            if self.seen.contains_fingerprint(id) || self.tree.cache.get(&id).is_some() {
+        for (id, full, held) in named {
+            if held {
                 continue;
             }
             if let Some(m) = self.tree.missing.get_mut(&id) {
                 if !m.announcers.contains(&conn) && m.announcers.len() < 8 {
                     m.announcers.push(conn);
                 }
+                m.full = m.full.or(full);
             } else if self.tree.missing.len() < MAX_MISSING {
                 self.tree.missing.insert(
                     id,
                     Missing {
                         announcers: vec![conn],
                         due: now.elapsed + GRAFT_AFTER,
+                        full,
                     },
                 );
             }
@@ -269,17 +349,31 @@ impl Mesh {
 
     /// The peer on `conn` grafts us: push to it again, and send it the
     /// messages it asks for that we still hold.
-    pub(super) fn on_graft(&mut self, conn: ConnId, ids: Vec<Fingerprint>, now: Now) {
+    pub(super) fn on_graft(&mut self, conn: ConnId, ids: TreeIds, now: Now) {
         let Some(c) = self.links.get_mut(&conn).filter(|c| c.tree) else {
             return;
         };
         c.lazy = false;
         self.tree_changed(now);
-        for id in ids {
-            if let Some(packed) = self.tree.cache.get(&id).cloned() {
-                self.send_packed(conn, &packed, now);
-            }
+        let wanted: Vec<Packed> = match ids {
+            TreeIds::Full(ids) => ids
+                .into_iter()
+                .filter_map(|id| self.tree.cache.get(id).cloned())
+                .collect(),
+            TreeIds::Short(ids) => ids
+                .into_iter()
+                .filter_map(|id| self.tree.cache.get_short(id).cloned())
+                .collect(),
+        };
+        for packed in wanted {
+            self.send_packed(conn, &packed, now);
         }
+    }
+
+    /// `[flag, ids]` for the peer on `conn`: short ids to a compact peer.
+    fn ids_payload(&self, conn: ConnId, flag: u8, ids: &[Fingerprint]) -> [Value; 2] {
+        let compact = self.links.get(&conn).is_some_and(|c| c.bare);
+        [Value::from(flag), TreeIds::to_value(ids, compact)]
     }
 
     /// When the tree's timers are next due.
@@ -308,10 +402,11 @@ impl Mesh {
         for (conn, ids) in pending {
             for chunk in ids.chunks(MAX_IDS) {
                 self.stats.tree_announcements += 1;
-                self.link_local(conn, &ids_payload(sub::RS2P_IHAVE, chunk), now);
+                let payload = self.ids_payload(conn, sub::RS2P_IHAVE, chunk);
+                self.link_local(conn, &payload, now);
             }
         }
-        let overdue: Vec<Fingerprint> = self
+        let overdue: Vec<ShortId> = self
             .tree
             .missing
             .iter()
@@ -322,25 +417,34 @@ impl Mesh {
             let Some(m) = self.tree.missing.get_mut(&id) else {
                 continue;
             };
-            // The next announcer still connected.
+            // The next announcer still connected that can be asked: by
+            // the short id if it reads compact frames, else by the whole
+            // fingerprint (which such a peer's announcement gave).
             let next = loop {
                 if m.announcers.is_empty() {
                     break None;
                 }
                 let c = m.announcers.remove(0);
-                if self.links.contains_key(&c) {
-                    break Some(c);
+                match self.links.get(&c) {
+                    Some(l) if l.bare => break Some((c, u64::from(id))),
+                    Some(_) => {
+                        if let Some(full) = m.full {
+                            break Some((c, full));
+                        }
+                    }
+                    None => {}
                 }
             };
             match next {
-                Some(conn) => {
+                Some((conn, asked)) => {
                     m.due = t + GRAFT_AFTER;
                     if let Some(c) = self.links.get_mut(&conn) {
                         c.lazy = false;
                     }
                     self.stats.tree_grafts += 1;
                     self.tree_changed(now);
-                    self.link_local(conn, &ids_payload(sub::RS2P_GRAFT, &[id]), now);
+                    let payload = self.ids_payload(conn, sub::RS2P_GRAFT, &[asked]);
+                    self.link_local(conn, &payload, now);
                 }
                 None => {
                     self.tree.missing.remove(&id);
