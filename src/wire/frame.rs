@@ -133,13 +133,7 @@ impl Packed {
     pub fn framed(&self, framing: Framing) -> Bytes {
         match framing {
             Framing::Checked(compression) => self.to_frame(compression),
-            Framing::Bare => {
-                let packed = self.msgpack();
-                let mut out = Vec::with_capacity(4 + packed.len());
-                out.extend_from_slice(&(packed.len() as u32).to_be_bytes());
-                out.extend_from_slice(packed);
-                out.into()
-            }
+            Framing::Bare => length_prefixed(self.msgpack()),
         }
     }
 
@@ -187,10 +181,7 @@ impl Packed {
                 &compressed
             }
         };
-        let mut out = Vec::with_capacity(4 + body.len());
-        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        out.extend_from_slice(body);
-        out.into()
+        length_prefixed(body)
     }
 
     /// Decodes a frame body (without its length prefix).
@@ -234,6 +225,14 @@ impl Packed {
     pub fn parse(&self, limits: &Limits) -> Result<WireMessage, DecodeError> {
         WireMessage::parse(self.msgpack(), limits)
     }
+}
+
+/// `body` behind its 4-byte big-endian length: a frame.
+fn length_prefixed(body: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(body);
+    out.into()
 }
 
 fn body_is_valid(body: &[u8]) -> bool {
