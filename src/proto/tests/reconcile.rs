@@ -1,0 +1,141 @@
+//! Between rs2p nodes: merges while connected, reconciliation on join, on
+//! return and every round, and what neighbours share when a writer dies.
+
+use super::*;
+
+#[test]
+fn writes_straddling_a_second_settle_while_connected() {
+    let mut net = Net::new(&["A", "B"]);
+    net.connect(0, 1);
+    // A writes at the end of one second, B at the start of the next, each
+    // before hearing of the other: both refuse the other's write.
+    let now = net.now;
+    net.nodes[0]
+        .set(b"k".to_vec(), Value::from("a"), now)
+        .unwrap();
+    net.set_time(Duration::from_secs(1));
+    let now = net.now;
+    net.nodes[1]
+        .set(b"k".to_vec(), Value::from("b"), now)
+        .unwrap();
+    net.settle();
+    // The lease taken first (A's) wins on both sides.
+    assert_eq!(net.get(0, "k"), Some(Value::from("a")));
+    assert_eq!(net.get(1, "k"), Some(Value::from("a")));
+    let v0 = net.dicts[0].lock().unwrap().version(b"k");
+    let v1 = net.dicts[1].lock().unwrap().version(b"k");
+    assert_eq!(v0, v1);
+}
+
+#[test]
+fn rs2p_peers_reconcile_on_join_and_send_only_what_differs() {
+    let mut net = Net::new(&["A", "B"]);
+    fill(&mut net, 0, (0..2000).map(|i| format!("k{i}")));
+    // B holds the same versions (a copy of A's dictionary) but for 10 keys
+    // it lacks and 5 of its own.
+    {
+        let a = net.dicts[0].lock().unwrap();
+        let mut b = net.dicts[1].lock().unwrap();
+        for (k, v, ver) in a.versions() {
+            if !k.ends_with(b"7") || k.len() < 5 || k[2] != b'1' {
+                b.load(k, Some(&v), ver.meta.clone(), ver.since);
+            }
+        }
+    }
+    fill(&mut net, 1, (0..5).map(|i| format!("b{i}")));
+    let missing = 2000 + 5 - net.dicts[1].lock().unwrap().len();
+    assert!(missing > 0 && missing < 40, "{missing}");
+    net.connect(1, 0);
+    assert!(same(&net, 0, 1), "identical after the session");
+    let moved = net.stores_in[0] + net.stores_in[1];
+    assert!(
+        moved <= 3 * (missing + 5),
+        "{moved} stores crossed for {} differences",
+        missing + 5
+    );
+}
+
+/// A node that comes back holding most of the dictionary finds what
+/// differs from the sketch in the first message: one reconciliation message
+/// crosses, however large the dictionary, and only the differing versions
+/// follow.
+#[test]
+fn a_returning_peer_finds_the_difference_in_one_message() {
+    let mut net = Net::new(&["A", "B"]);
+    fill(&mut net, 0, (0..5000).map(|i| format!("k{i}")));
+    {
+        let a = net.dicts[0].lock().unwrap();
+        let mut b = net.dicts[1].lock().unwrap();
+        for (k, v, ver) in a.versions() {
+            b.load(k, Some(&v), ver.meta.clone(), ver.since);
+        }
+    }
+    // While B is away, A rewrites 40 keys and adds 10.
+    net.advance(Duration::from_secs(5));
+    fill(
+        &mut net,
+        0,
+        (0..40).chain(6000..6010).map(|i| format!("k{i}")),
+    );
+    net.connect(1, 0);
+    assert!(same(&net, 0, 1), "identical after the session");
+    assert_eq!(net.syncs_in, vec![1, 0], "one sketch, no ranges");
+    // B's 40 old versions cross too (both sides send what differs; the
+    // merge rule keeps A's), A's 50.
+    let moved = net.stores_in[0] + net.stores_in[1];
+    assert_eq!(moved, 90, "{:?}", net.stores_in);
+    // Between rs2p nodes the versions travel in batches, one message a
+    // side here.
+    assert_eq!(net.batches_in, vec![1, 1]);
+}
+
+#[test]
+fn a_write_lost_on_a_live_link_arrives_by_the_next_periodic_round() {
+    use crate::proto::replica::{RECONCILE_EVERY, RECONCILE_JITTER};
+    let mut net = Net::new(&["A", "B"]);
+    net.connect(1, 0);
+    // A's write to B is lost (the link drops bytes, the connection stays).
+    net.lossy.insert((0, 1));
+    let now = net.now;
+    net.nodes[0]
+        .set(b"lost".to_vec(), Value::from(1), now)
+        .unwrap();
+    net.settle();
+    net.lossy.clear();
+    assert!(net.get(1, "lost").is_none());
+    net.advance(RECONCILE_EVERY + RECONCILE_JITTER);
+    assert_eq!(net.get(1, "lost"), Some(Value::from(1)));
+    assert_eq!(net.nodes[1].peers().len(), 1, "without a reconnect");
+}
+
+#[test]
+fn a_crashed_writer_s_last_writes_are_shared_by_its_neighbours_at_once() {
+    // Triangle: once the broadcast tree has settled, B does not push A's
+    // writes to C (A sends them to C itself). A's next write reaches B but
+    // is lost towards C; then A dies before anything else happens.
+    let mut net = Net::new(&["A", "B", "C"]);
+    net.connect(0, 1);
+    net.connect(0, 2);
+    net.connect(1, 2);
+    fill(&mut net, 0, (0..3).map(|i| format!("settle{i}")));
+    net.lossy.insert((0, 2));
+    let now = net.now;
+    net.nodes[0]
+        .set(b"stranded".to_vec(), Value::from(1), now)
+        .unwrap();
+    net.settle();
+    assert_eq!(net.get(1, "stranded"), Some(Value::from(1)));
+    assert!(net.get(2, "stranded").is_none(), "the tree left C to A");
+    // A crashes: B and C see their links to it end.
+    net.lossy.clear();
+    for (j, c) in [(1, net.conn_to(1, 0)), (2, net.conn_to(2, 0))] {
+        let now = net.now;
+        net.nodes[j].handle_closed(c, "reset", now);
+    }
+    net.settle();
+    assert_eq!(
+        net.get(2, "stranded"),
+        Some(Value::from(1)),
+        "without waiting for a round"
+    );
+}

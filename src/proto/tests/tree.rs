@@ -1,0 +1,172 @@
+//! The broadcast tree: grafts, announcements and their back-off, peers of
+//! older versions.
+
+use super::*;
+
+#[test]
+fn a_node_that_loses_its_last_tree_link_grafts_the_others_back() {
+    // Triangle: once the tree has settled, C gets A's writes from A only
+    // (its link to B is out of the tree).
+    let mut net = Net::new(&["A", "B", "C"]);
+    net.connect(0, 1);
+    net.connect(0, 2);
+    net.connect(1, 2);
+    fill(&mut net, 0, (0..3).map(|i| format!("settle{i}")));
+    let grafts = net.nodes[2].stats().tree_grafts;
+    // The link A-C ends (both ends see it); A and B stay linked.
+    let (ac, ca) = (net.conn_to(0, 2), net.conn_to(2, 0));
+    net.wires.remove(&(0, ac));
+    net.wires.remove(&(2, ca));
+    let now = net.now;
+    net.nodes[0].handle_closed(ac, "reset", now);
+    net.nodes[2].handle_closed(ca, "reset", now);
+    net.settle();
+    assert_eq!(net.nodes[2].stats().tree_grafts, grafts + 1, "C grafts B");
+    // A's next write reaches C through B at once, not after an
+    // announcement and a graft.
+    fill(&mut net, 0, ["after".to_string()]);
+    assert_eq!(net.get(2, "after"), Some(Value::from(0)));
+}
+
+#[test]
+fn a_broadcast_lost_on_a_tree_link_is_grafted_from_an_announcer() {
+    use crate::proto::mesh::{ANNOUNCE_AFTER, GRAFT_AFTER};
+    let mut net = Net::new(&["A", "B", "C"]);
+    net.connect(1, 0);
+    net.connect(2, 1);
+    net.advance(Duration::from_secs(3));
+    let user = |i: i64| [Value::from(sub::BROADCAST), Value::from(i)];
+    for i in 0..3 {
+        let now = net.now;
+        net.nodes[0].send(main::BROADCAST, &user(i), now);
+        net.settle();
+    }
+    let st: Vec<_> = net.nodes.iter().map(Node::stats).collect();
+    assert!(st.iter().map(|s| s.tree_prunes).sum::<u64>() >= 1, "{st:?}");
+    let dups: u64 = st.iter().map(|s| s.duplicate_broadcasts).sum();
+    // A's pushes to C are lost from now on: C hears of the next broadcast
+    // from B's announcement and grafts it.
+    net.lossy.insert((0, 2));
+    let now = net.now;
+    net.nodes[0].send(main::BROADCAST, &user(9), now);
+    net.settle();
+    let at_c = |net: &Net| {
+        net.received
+            .iter()
+            .filter(|(n, p)| *n == 2 && p[1] == Value::from(9))
+            .count()
+    };
+    assert_eq!(at_c(&net), 0, "C got it before any graft");
+    net.advance(ANNOUNCE_AFTER + GRAFT_AFTER + Duration::from_millis(10));
+    assert_eq!(at_c(&net), 1);
+    assert!(net.nodes[2].stats().tree_grafts >= 1);
+    let after: u64 = net
+        .nodes
+        .iter()
+        .map(|n| n.stats().duplicate_broadcasts)
+        .sum();
+    assert_eq!(after, dups, "the graft brought no duplicate");
+    // Between current rs2p nodes ids travel as 4-byte short ids in a bin.
+    assert!(net
+        .tree_ids
+        .iter()
+        .any(|(j, f, _)| *j == 1 && *f == sub::RS2P_GRAFT));
+    for (_, f, ids) in &net.tree_ids {
+        match ids {
+            Value::Bin(b) => assert_eq!(b.len() % 4, 0),
+            Value::Array(a) => assert!(a.is_empty(), "sub-flag {f}: {ids:?}"),
+            other => panic!("sub-flag {f}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_tree_peer_without_compact_frames_is_announced_to_and_grafted_from_by_whole_ids() {
+    use crate::proto::mesh::GRAFT_AFTER;
+    use crate::wire::flags::compression::{RS2P_MARKER, RS2P_TREE};
+    let mut net = Net::new(&["A"]);
+    // An rs2p peer of an older version: in the tree, no compact frames.
+    let old = net.fake_with(
+        0,
+        "R",
+        crate::proto::PeerKind::Rs,
+        10,
+        &[RS2P_MARKER, RS2P_TREE],
+    );
+    // It announces a broadcast A has not seen, by its whole fingerprint.
+    let missing = Packed::new(
+        main::BROADCAST,
+        b"X",
+        net.now.unix,
+        &[Value::from(sub::BROADCAST)],
+    );
+    let fp = crate::proto::seen::fingerprint(&missing.id());
+    let ihave = [
+        Value::from(sub::RS2P_IHAVE),
+        Value::Array(vec![Value::from(fp)]),
+    ];
+    let now = net.now;
+    net.feed(
+        0,
+        old.conn,
+        &Packed::new(main::WHISPER, b"R", now.unix, &ihave),
+    );
+    net.sunk.clear();
+    net.advance(GRAFT_AFTER + Duration::from_millis(10));
+    let grafts: Vec<Value> = sent_to(&net, 0, &old)
+        .into_iter()
+        .filter(|m| m.sub_flag() == Some(sub::RS2P_GRAFT))
+        .filter_map(|m| m.payload.get(1).cloned())
+        .collect();
+    assert_eq!(grafts, vec![Value::Array(vec![Value::from(fp)])]);
+}
+
+/// In a settled tree the announcements on a lazy link are redundant: the
+/// gap between two batches doubles up to `MAX_ANNOUNCE_GAP`, so a steady
+/// stream of broadcasts costs a few announcement frames per link, not one
+/// per `ANNOUNCE_AFTER`.
+#[test]
+fn announcements_back_off_while_the_tree_is_settled() {
+    use crate::proto::mesh::{ANNOUNCE_AFTER, MAX_ANNOUNCE_GAP};
+    let mut net = Net::new(&["A", "B", "C"]);
+    net.connect(1, 0);
+    net.connect(2, 1);
+    net.advance(Duration::from_secs(3));
+    let user = |i: i64| [Value::from(sub::BROADCAST), Value::from(i)];
+    let every = Duration::from_millis(50);
+    let broadcast = |net: &mut Net, i: i64| {
+        let now = net.now;
+        net.nodes[0].send(main::BROADCAST, &user(i), now);
+        net.settle();
+        net.advance(every);
+    };
+    // The tree forms (a prune) and the gaps grow.
+    for i in 0..100 {
+        broadcast(&mut net, i);
+    }
+    let st: Vec<_> = net.nodes.iter().map(Node::stats).collect();
+    assert!(st.iter().map(|s| s.tree_prunes).sum::<u64>() >= 1, "{st:?}");
+    let whispers =
+        |net: &Net| -> u64 { net.nodes.iter().map(|n| n.stats().tree_announcements).sum() };
+    let before = whispers(&net);
+    let window = 4 * MAX_ANNOUNCE_GAP;
+    let count = (window.as_millis() / every.as_millis()) as i64;
+    for i in 0..count {
+        broadcast(&mut net, 100 + i);
+    }
+    let sent = whispers(&net) - before;
+    // Each lazy direction (at most 2 in a triangle) sends about one batch
+    // per MAX_ANNOUNCE_GAP: 8 or so in the window, where a fixed
+    // ANNOUNCE_AFTER would have sent 80.
+    let fixed = 2 * (window.as_millis() / ANNOUNCE_AFTER.as_millis()) as u64;
+    assert!(
+        sent <= 12,
+        "{sent} announcements in {window:?} (a fixed gap: {fixed})"
+    );
+    assert!(sent >= 2, "{sent}: the lazy link still hears of broadcasts");
+    // Every broadcast reached both other nodes once.
+    for n in [1, 2] {
+        let got = net.received.iter().filter(|(k, _)| *k == n).count() as i64;
+        assert_eq!(got, 100 + count, "node {n}");
+    }
+}
