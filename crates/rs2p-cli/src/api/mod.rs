@@ -1,5 +1,5 @@
 //! The node's HTTP API (`rs2p node --api HOST:PORT`), described in
-//! `docs/openapi.yaml`.
+//! `docs/openapi.json`.
 //!
 //! JSON bodies use the value conventions of [`crate::values`] (bytes are
 //! `{"$bin":"<hex>"}`). Keys are path segments, percent-decoded to bytes
