@@ -286,3 +286,57 @@ async fn a_slow_reader_slows_the_writer_down_instead_of_being_dropped() {
     reader.abort();
     a.close().await;
 }
+
+/// A relay between a fast writer and a peer that reads slower than the
+/// writer writes: while its queue to the slow peer is over half full, the
+/// relay leaves the writer's frames unread (TCP then slows the writer
+/// down), so the slow peer is not dropped and receives everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_holds_its_input_back_for_a_slow_peer_instead_of_dropping_it() {
+    let w = mesh_node().await;
+    let mut cfg = MeshConfig::new(local());
+    cfg.send_queue = 32;
+    cfg.send_queue_bytes = 64 * 1024;
+    let r = MeshSocket::bind(cfg).await.unwrap();
+    w.connect("127.0.0.1", r.local_addr().port()).await.unwrap();
+    wait_until("writer and relay linked", T, || async {
+        peer_count(&w).await == 1 && peer_count(&r).await == 1
+    })
+    .await;
+    // The slow peer, linked to the relay only: a small receive window,
+    // read in small steps.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(16 * 1024).unwrap();
+    let mut s = sock.connect(r.local_addr()).await.unwrap();
+    let id = b"SlowNode2222222222222222222222222222222222222222222222222222222";
+    s.write_all(&handshake(&r, id, &[])).await.unwrap();
+    wait_until("slow peer handshaken", T, || async {
+        peer_count(&r).await == 2
+    })
+    .await;
+    const N: usize = 5_000;
+    let got = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = got.clone();
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        while let Ok(n @ 1..) = s.read(&mut buf).await {
+            counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    let payload = Value::Bin(vec![0x5a; 1024]);
+    for i in 0..N {
+        w.send(vec![Value::from(i), payload.clone()]).await.unwrap();
+    }
+    // Every frame is over 1,100 bytes (1 KiB value, id, checksum, framing).
+    wait_until("everything relayed to the slow peer", T, || async {
+        got.load(std::sync::atomic::Ordering::Relaxed) >= N * 1100
+    })
+    .await;
+    let stats = r.stats().await.unwrap();
+    assert_eq!(stats.slow_peers_dropped, 0, "{stats:?}");
+    assert_eq!(peer_count(&r).await, 2);
+    reader.abort();
+    w.close().await;
+    r.close().await;
+}

@@ -4,7 +4,7 @@
 //! its timer — with the time, and carries out the outputs. It holds no
 //! protocol rule.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -34,6 +34,9 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often bulk work (state transfers) is moved along while peers'
 /// queues are full.
 const PUMP_PERIOD: Duration = Duration::from_millis(2);
+/// How often a node holding its peers' frames back looks at its send
+/// queues again, at the latest.
+const HELD_RECHECK: Duration = Duration::from_millis(5);
 
 /// Current unix time in whole seconds, as both references compute it.
 pub(crate) fn unix_now() -> i64 {
@@ -90,6 +93,12 @@ struct Actor {
     handlers: Vec<Handler>,
     /// The store sequence number of the last change carried out.
     last_seq: u64,
+    /// Frames read and not handled yet: they wait while the node holds its
+    /// peers' input back (see `Actor::run`).
+    backlog: VecDeque<(ConnId, Bytes)>,
+    /// Set when a frame left a reading peer's queue over half full; the
+    /// queues are looked at again (all of them) only while it is set.
+    hold: bool,
 }
 
 /// Starts the actor on a bound listener.
@@ -131,6 +140,8 @@ pub(crate) fn start(
         sync,
         handlers: Vec::new(),
         last_seq: 0,
+        backlog: VecDeque::new(),
+        hold: false,
     };
     tokio::spawn(actor.run(listener, cmd_rx, conn_rx, dial_rx))
 }
@@ -144,11 +155,29 @@ impl Actor {
         mut dial_rx: mpsc::Receiver<DialDone>,
     ) {
         let mut pumping = false;
+        let drained = self.shared.drained.clone();
         loop {
             let deadline = self
                 .node
                 .poll_timeout()
                 .map(|d| tokio::time::Instant::from_std(self.clock.origin + d));
+            // Relay backpressure: while a peer that reads has its send queue
+            // over half full, what the other peers send waits unread. What
+            // they send would be relayed onto that queue; unread, it fills
+            // their TCP windows and then their own queues towards us, which
+            // slows their writers (`MeshSocket::send` and `SyncSocket::set`
+            // wait for room). Without this a relay of the broadcast tree took
+            // its parent's full rate and dropped its slower children as too
+            // slow. A peer that makes no progress for a second does not hold
+            // anything up (`ConnHandle::crowded`): it fills its queue and is
+            // dropped, as before.
+            let held = self.held();
+            if !held && !self.backlog.is_empty() {
+                self.handle_backlog();
+                pumping = true;
+                continue;
+            }
+            let drained = drained.notified();
             tokio::select! {
                 biased;
                 cmd = cmd_rx.recv() => {
@@ -157,20 +186,13 @@ impl Actor {
                         Some(cmd) => self.command(cmd),
                     }
                 }
-                ev = conn_rx.recv() => {
+                ev = conn_rx.recv(), if !held => {
                     // The actor holds a sender, so the channel never ends.
                     let Some(ev) = ev else { break };
                     match ev {
                         ConnEvent::Frames { conn, bodies } => {
-                            let len = bodies.iter().map(Bytes::len).sum();
-                            for body in bodies {
-                                let now = self.clock.now();
-                                self.node.handle_frame(conn, body, &Queues(&self.conns), now);
-                                self.carry_out();
-                            }
-                            if let Some(c) = self.conns.get(&conn) {
-                                c.handled(len);
-                            }
+                            self.backlog.extend(bodies.into_iter().map(|b| (conn, b)));
+                            self.handle_backlog();
                             pumping = true;
                         }
                         ConnEvent::Skipped { conn, error } => {
@@ -197,6 +219,9 @@ impl Actor {
                     self.node.handle_timeout(now);
                 }
                 _ = tokio::time::sleep(PUMP_PERIOD), if pumping => {}
+                // A writer made progress (the timeout only guards against a
+                // missed signal): look at the queues again.
+                _ = tokio::time::timeout(HELD_RECHECK, drained), if held => {}
             }
             if pumping {
                 let now = self.clock.now();
@@ -210,6 +235,33 @@ impl Actor {
         tracing::debug!("node closed");
     }
 
+    /// True while the node holds its peers' input back: a reading peer's
+    /// send queue is over half full.
+    fn held(&mut self) -> bool {
+        if self.hold {
+            self.hold = self.crowded();
+        }
+        self.hold
+    }
+
+    /// Handles the frames read, in order, until one leaves a queue over
+    /// half full.
+    fn handle_backlog(&mut self) {
+        while let Some((conn, body)) = self.backlog.pop_front() {
+            let len = body.len();
+            let now = self.clock.now();
+            self.node
+                .handle_frame(conn, body, &Queues(&self.conns), now);
+            self.carry_out();
+            if let Some(c) = self.conns.get(&conn) {
+                c.handled(len);
+            }
+            if self.hold {
+                break;
+            }
+        }
+    }
+
     /// Carries out everything the core asked for.
     fn carry_out(&mut self) {
         while let Some(out) = self.node.poll_output() {
@@ -219,8 +271,19 @@ impl Actor {
                         continue;
                     };
                     match c.send(bytes) {
-                        Ok(()) | Err(SendError::Closed) => {}
+                        Ok(()) => self.hold |= c.crowded(),
+                        Err(SendError::Closed) => {}
                         Err(SendError::Full) => {
+                            let (frames, idle_ms) = c.backlog();
+                            let (bytes, _) = c.queued_bytes();
+                            tracing::warn!(
+                                conn,
+                                frames,
+                                bytes,
+                                idle_ms,
+                                held = self.hold,
+                                "send queue full: dropping the peer as too slow"
+                            );
                             let now = self.clock.now();
                             self.node.handle_slow(conn, now);
                         }

@@ -78,6 +78,14 @@ impl ConnHandle {
         }
     }
 
+    /// Frames queued, and milliseconds since the writer last made
+    /// progress: for the log line of a peer dropped as too slow.
+    pub(crate) fn backlog(&self) -> (usize, u64) {
+        let frames = self.tx.max_capacity() - self.tx.capacity();
+        let idle_ms = now_ms().saturating_sub(self.progress.load(Ordering::Relaxed));
+        (frames, idle_ms)
+    }
+
     /// Queues a frame without waiting.
     pub(crate) fn send(&self, frame: Bytes) -> Result<(), SendError> {
         let len = frame.len();

@@ -98,6 +98,17 @@ impl Node {
         if let Some(r) = self.replica.as_mut() {
             r.handle_timeout(&mut self.mesh, now);
         }
+        self.reconcile_gaps(now);
+    }
+
+    /// Reconciles the links where the broadcast tree found gaps.
+    fn reconcile_gaps(&mut self, now: Now) {
+        let gaps = self.mesh.take_gaps();
+        if let Some(r) = self.replica.as_mut() {
+            for conn in gaps {
+                r.reconcile_gap(&mut self.mesh, conn, now);
+            }
+        }
     }
 
     /// Dials a node (an [`Output::Dial`] follows). Fails with
@@ -144,6 +155,11 @@ impl Node {
     /// transfers.
     pub fn handle_frame(&mut self, conn: ConnId, body: Bytes, room: &dyn Room, now: Now) {
         self.now = Some(now);
+        self.dispatch_frame(conn, body, room, now);
+        self.reconcile_gaps(now);
+    }
+
+    fn dispatch_frame(&mut self, conn: ConnId, body: Bytes, room: &dyn Room, now: Now) {
         match self.mesh.handle_frame(conn, body, now) {
             Upcall::Done => {}
             Upcall::Joined(conn) => {

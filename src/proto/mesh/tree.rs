@@ -158,6 +158,8 @@ pub(super) struct Missing {
     announcers: Vec<ConnId>,
     due: Duration,
     full: Option<Fingerprint>,
+    /// The last announcer grafted.
+    asked: Option<ConnId>,
 }
 
 /// The tree's state on one node.
@@ -166,6 +168,10 @@ pub(super) struct Tree {
     pub(super) cache: Cache,
     pub(super) recent: Recent,
     pub(super) missing: BTreeMap<ShortId, Missing>,
+    /// Links where a graft found a gap: the peer asked for a broadcast we
+    /// no longer hold, or no announcer of one sent it to us. The node
+    /// reconciles them at once (see [`Mesh::take_gaps`]).
+    gaps: Vec<ConnId>,
 }
 
 impl Mesh {
@@ -341,6 +347,7 @@ impl Mesh {
                         announcers: vec![conn],
                         due: now.elapsed + GRAFT_AFTER,
                         full,
+                        asked: None,
                     },
                 );
             }
@@ -355,16 +362,23 @@ impl Mesh {
         };
         c.lazy = false;
         self.tree_changed(now);
-        let wanted: Vec<Packed> = match ids {
-            TreeIds::Full(ids) => ids
-                .into_iter()
-                .filter_map(|id| self.tree.cache.get(id).cloned())
-                .collect(),
-            TreeIds::Short(ids) => ids
-                .into_iter()
-                .filter_map(|id| self.tree.cache.get_short(id).cloned())
-                .collect(),
+        let (asked, wanted): (usize, Vec<Packed>) = match ids {
+            TreeIds::Full(ids) => (
+                ids.len(),
+                ids.into_iter()
+                    .filter_map(|id| self.tree.cache.get(id).cloned())
+                    .collect(),
+            ),
+            TreeIds::Short(ids) => (
+                ids.len(),
+                ids.into_iter()
+                    .filter_map(|id| self.tree.cache.get_short(id).cloned())
+                    .collect(),
+            ),
         };
+        if wanted.len() < asked {
+            self.tree.gaps.push(conn);
+        }
         for packed in wanted {
             self.send_packed(conn, &packed, now);
         }
@@ -374,6 +388,15 @@ impl Mesh {
     fn ids_payload(&self, conn: ConnId, flag: u8, ids: &[Fingerprint]) -> [Value; 2] {
         let compact = self.links.get(&conn).is_some_and(|c| c.bare);
         [Value::from(flag), TreeIds::to_value(ids, compact)]
+    }
+
+    /// The links where grafts found gaps since the last call, each once.
+    pub(crate) fn take_gaps(&mut self) -> Vec<ConnId> {
+        let mut gaps = std::mem::take(&mut self.tree.gaps);
+        gaps.sort_unstable();
+        gaps.dedup();
+        gaps.retain(|c| self.links.contains_key(c));
+        gaps
     }
 
     /// When the tree's timers are next due.
@@ -413,6 +436,10 @@ impl Mesh {
             .filter(|(_, m)| m.due <= t)
             .map(|(id, _)| *id)
             .collect();
+        // One graft per announcer, naming everything asked of it: a node
+        // that falls behind (a burst, its input held back while a peer's
+        // queue drains) may have thousands of ids overdue at once.
+        let mut grafts: BTreeMap<ConnId, Vec<Fingerprint>> = BTreeMap::new();
         for id in overdue {
             let Some(m) = self.tree.missing.get_mut(&id) else {
                 continue;
@@ -438,17 +465,29 @@ impl Mesh {
             match next {
                 Some((conn, asked)) => {
                     m.due = t + GRAFT_AFTER;
-                    if let Some(c) = self.links.get_mut(&conn) {
-                        c.lazy = false;
-                    }
-                    self.stats.tree_grafts += 1;
-                    self.tree_changed(now);
-                    let payload = self.ids_payload(conn, sub::RS2P_GRAFT, &[asked]);
-                    self.link_local(conn, &payload, now);
+                    m.asked = Some(conn);
+                    grafts.entry(conn).or_default().push(asked);
                 }
                 None => {
+                    if let Some(conn) = m.asked {
+                        self.tree.gaps.push(conn);
+                    }
                     self.tree.missing.remove(&id);
                 }
+            }
+        }
+        if grafts.is_empty() {
+            return;
+        }
+        self.tree_changed(now);
+        for (conn, ids) in grafts {
+            if let Some(c) = self.links.get_mut(&conn) {
+                c.lazy = false;
+            }
+            for chunk in ids.chunks(MAX_IDS) {
+                self.stats.tree_grafts += 1;
+                let payload = self.ids_payload(conn, sub::RS2P_GRAFT, chunk);
+                self.link_local(conn, &payload, now);
             }
         }
     }

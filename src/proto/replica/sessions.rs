@@ -98,6 +98,22 @@ impl Replica {
         send_sync(mesh, conn, id, &ranges, sketch.as_ref(), now);
     }
 
+    /// A graft found a gap on `conn`: the broadcast tree could not make up
+    /// a broadcast (a burst outran the announcers' caches, an announcer
+    /// left). Reconciles with that peer now rather than at the next round,
+    /// unless a session of ours on the link opened less than a second ago.
+    pub(crate) fn reconcile_gap(&mut self, mesh: &mut Mesh, conn: ConnId, now: Now) {
+        if !mesh.reconciles(conn) {
+            return;
+        }
+        if let Some(s) = self.sessions.ours.get(&conn) {
+            if now.elapsed.saturating_sub(s.opened) < MIN_SESSION_GAP {
+                return;
+            }
+        }
+        self.open_session(mesh, conn, false, now);
+    }
+
     /// A reconciliation message from the peer on `conn`.
     pub(crate) fn on_sync(&mut self, mesh: &mut Mesh, conn: ConnId, payload: &[Value], now: Now) {
         if !mesh.reconciles(conn) {

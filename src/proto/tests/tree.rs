@@ -170,3 +170,114 @@ fn announcements_back_off_while_the_tree_is_settled() {
         assert_eq!(got, 100 + count, "node {n}");
     }
 }
+
+#[test]
+fn overdue_ids_are_grafted_in_one_message_per_announcer() {
+    use crate::proto::mesh::GRAFT_AFTER;
+    use crate::wire::flags::compression::{RS2P_MARKER, RS2P_TREE};
+    let mut net = Net::new(&["A"]);
+    let peer = net.fake_with(
+        0,
+        "R",
+        crate::proto::PeerKind::Rs,
+        10,
+        &[RS2P_MARKER, RS2P_TREE],
+    );
+    // 300 broadcasts A has not seen, announced at once.
+    let ids: Vec<Value> = (0..300)
+        .map(|i: i64| {
+            let p = Packed::new(main::BROADCAST, b"X", net.now.unix, &[Value::from(i)]);
+            Value::from(crate::proto::seen::fingerprint(&p.id()))
+        })
+        .collect();
+    let ihave = [Value::from(sub::RS2P_IHAVE), Value::Array(ids.clone())];
+    let now = net.now;
+    net.feed(
+        0,
+        peer.conn,
+        &Packed::new(main::WHISPER, b"R", now.unix, &ihave),
+    );
+    net.sunk.clear();
+    net.advance(GRAFT_AFTER + Duration::from_millis(10));
+    let grafts: Vec<Value> = sent_to(&net, 0, &peer)
+        .into_iter()
+        .filter(|m| m.sub_flag() == Some(sub::RS2P_GRAFT))
+        .filter_map(|m| m.payload.get(1).cloned())
+        .collect();
+    assert_eq!(grafts.len(), 1, "one graft for the 300 ids");
+    let mut asked = grafts[0].as_array().expect("whole ids").to_vec();
+    let mut want = ids;
+    asked.sort_by_key(|v| v.as_u64());
+    want.sort_by_key(|v| v.as_u64());
+    assert_eq!(asked, want);
+}
+
+/// The syncs (reconciliation messages) node 0 sent to `fake`.
+fn syncs_to(net: &Net, fake: &Fake) -> usize {
+    sent_to(net, 0, fake)
+        .iter()
+        .filter(|m| m.sub_flag() == Some(sub::RS2P_SYNC))
+        .count()
+}
+
+#[test]
+fn a_graft_for_a_broadcast_no_longer_held_reconciles_at_once() {
+    use crate::wire::flags::compression::{RS2P_MARKER, RS2P_RECONCILES, RS2P_TREE};
+    let mut net = Net::new(&["A"]);
+    let caps = [RS2P_MARKER, RS2P_RECONCILES, RS2P_TREE];
+    let peer = net.fake_with(0, "R", crate::proto::PeerKind::Rs, 10, &caps);
+    net.sunk.clear();
+    // The peer asks for a broadcast A never held (or let go of).
+    let gone = Packed::new(main::BROADCAST, b"X", net.now.unix, &[Value::from(1)]);
+    let fp = crate::proto::seen::fingerprint(&gone.id());
+    let graft = [
+        Value::from(sub::RS2P_GRAFT),
+        Value::Array(vec![Value::from(fp)]),
+    ];
+    let now = net.now;
+    net.feed(
+        0,
+        peer.conn,
+        &Packed::new(main::WHISPER, b"R", now.unix, &graft),
+    );
+    assert_eq!(
+        syncs_to(&net, &peer),
+        1,
+        "A reconciles with the peer at once"
+    );
+    // Another one within the second opens no second session.
+    net.feed(
+        0,
+        peer.conn,
+        &Packed::new(main::WHISPER, b"R", now.unix, &graft),
+    );
+    assert_eq!(syncs_to(&net, &peer), 1);
+}
+
+#[test]
+fn an_announced_broadcast_no_announcer_sends_is_reconciled_for() {
+    use crate::proto::mesh::GRAFT_AFTER;
+    use crate::wire::flags::compression::{RS2P_MARKER, RS2P_RECONCILES, RS2P_TREE};
+    let mut net = Net::new(&["A"]);
+    let caps = [RS2P_MARKER, RS2P_RECONCILES, RS2P_TREE];
+    let peer = net.fake_with(0, "R", crate::proto::PeerKind::Rs, 10, &caps);
+    let missing = Packed::new(main::BROADCAST, b"X", net.now.unix, &[Value::from(1)]);
+    let fp = crate::proto::seen::fingerprint(&missing.id());
+    let ihave = [
+        Value::from(sub::RS2P_IHAVE),
+        Value::Array(vec![Value::from(fp)]),
+    ];
+    let now = net.now;
+    net.feed(
+        0,
+        peer.conn,
+        &Packed::new(main::WHISPER, b"R", now.unix, &ihave),
+    );
+    net.sunk.clear();
+    // A grafts, the peer never answers; once no announcer is left to ask,
+    // A reconciles with the one it asked.
+    net.advance(GRAFT_AFTER + Duration::from_millis(10));
+    assert_eq!(syncs_to(&net, &peer), 0, "grafted, not reconciled yet");
+    net.advance(GRAFT_AFTER + Duration::from_millis(10));
+    assert_eq!(syncs_to(&net, &peer), 1);
+}
