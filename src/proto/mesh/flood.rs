@@ -180,7 +180,13 @@ impl Mesh {
         self.stats.relays_pruned += pruned_count;
         let (targets, lazy): (Vec<ConnId>, Vec<ConnId>) =
             targets.into_iter().partition(|c| self.eager(*c));
-        self.delivered(packed, !lazy.is_empty(), now);
+        // Short announcements come only from compact tree peers: without
+        // one, deliveries need not be remembered by short id.
+        let compact_peers = self
+            .routing
+            .values()
+            .any(|c| self.links.get(c).is_some_and(|l| l.tree && l.bare));
+        self.delivered(packed, !lazy.is_empty(), compact_peers, now);
         let id = crate::proto::seen::fingerprint(&packed.id());
         for conn in lazy {
             self.announce(conn, id, now);

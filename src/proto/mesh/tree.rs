@@ -120,22 +120,25 @@ impl Cache {
     }
 }
 
-/// The short ids of recent deliveries.
+/// The short ids of recent deliveries, with the second each came (8 bytes
+/// an entry in each of the two).
 #[derive(Default)]
 pub(super) struct Recent {
-    order: VecDeque<(ShortId, Duration)>,
-    last: HashMap<ShortId, Duration>,
+    order: VecDeque<(ShortId, u32)>,
+    last: HashMap<ShortId, u32>,
 }
 
 impl Recent {
     fn put(&mut self, id: ShortId, now: Duration) {
+        let now = u32::try_from(now.as_secs()).unwrap_or(u32::MAX);
         self.last.insert(id, now);
         self.order.push_back((id, now));
+        let keep = CACHE_FOR.as_secs() as u32;
         while self.order.len() > RECENT_COUNT
             || self
                 .order
                 .front()
-                .is_some_and(|(_, t)| now.saturating_sub(*t) > CACHE_FOR)
+                .is_some_and(|(_, t)| now.saturating_sub(*t) > keep)
         {
             let Some((old, t)) = self.order.pop_front() else {
                 break;
@@ -272,11 +275,20 @@ impl Mesh {
     /// A broadcast was received (or sent) for the first time; `announced`
     /// when its id goes to at least one lazy link. Only those are kept for
     /// grafts: a graft asks the announcer (a node with no lazy link, alone
-    /// or among py2p and js2p peers, keeps nothing).
-    pub(super) fn delivered(&mut self, packed: &Packed, announced: bool, now: Now) {
+    /// or among py2p and js2p peers, keeps nothing). Its short id is kept
+    /// when `compact_peers` may announce it.
+    pub(super) fn delivered(
+        &mut self,
+        packed: &Packed,
+        announced: bool,
+        compact_peers: bool,
+        now: Now,
+    ) {
         let id = short(fingerprint(&packed.id()));
         self.tree.missing.remove(&id);
-        self.tree.recent.put(id, now.elapsed);
+        if compact_peers {
+            self.tree.recent.put(id, now.elapsed);
+        }
         if announced {
             self.tree.cache.put(packed, now.elapsed);
         }
