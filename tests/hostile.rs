@@ -58,6 +58,32 @@ fn handshake(a: &MeshSocket, id: &[u8], methods: &[Compression]) -> bytes::Bytes
     .to_frame(None)
 }
 
+/// A peer of `node` that reads slower than a node writes: a small receive
+/// window, read 16 KiB at a time with a pause after each read. Returns the
+/// reading task and the bytes it read so far.
+async fn slow_reader(
+    node: &MeshSocket,
+    id: &[u8],
+) -> (
+    tokio::task::JoinHandle<()>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(16 * 1024).unwrap();
+    let mut s = sock.connect(node.local_addr()).await.unwrap();
+    s.write_all(&handshake(node, id, &[])).await.unwrap();
+    let got = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = got.clone();
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        while let Ok(n @ 1..) = s.read(&mut buf).await {
+            counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    (reader, got)
+}
+
 fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -251,26 +277,14 @@ async fn a_slow_reader_slows_the_writer_down_instead_of_being_dropped() {
     cfg.send_queue = 32;
     cfg.send_queue_bytes = 64 * 1024;
     let a = MeshSocket::bind(cfg).await.unwrap();
-    // A small receive window, read in small steps: about 16 MB/s at most.
-    let sock = tokio::net::TcpSocket::new_v4().unwrap();
-    sock.set_recv_buffer_size(16 * 1024).unwrap();
-    let mut s = sock.connect(a.local_addr()).await.unwrap();
+    // About 16 MB/s at most.
     let id = b"SlowNode1111111111111111111111111111111111111111111111111111111";
-    s.write_all(&handshake(&a, id, &[])).await.unwrap();
+    let (reader, got) = slow_reader(&a, id).await;
     wait_until("slow peer handshaken", T, || async {
         peer_count(&a).await == 1
     })
     .await;
     const N: usize = 10_000;
-    let got = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counter = got.clone();
-    let reader = tokio::spawn(async move {
-        let mut buf = vec![0u8; 16 * 1024];
-        while let Ok(n @ 1..) = s.read(&mut buf).await {
-            counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    });
     let payload = Value::Bin(vec![0x5a; 1024]);
     for i in 0..N {
         a.send(vec![Value::from(i), payload.clone()]).await.unwrap();
@@ -303,27 +317,14 @@ async fn a_relay_holds_its_input_back_for_a_slow_peer_instead_of_dropping_it() {
         peer_count(&w).await == 1 && peer_count(&r).await == 1
     })
     .await;
-    // The slow peer, linked to the relay only: a small receive window,
-    // read in small steps.
-    let sock = tokio::net::TcpSocket::new_v4().unwrap();
-    sock.set_recv_buffer_size(16 * 1024).unwrap();
-    let mut s = sock.connect(r.local_addr()).await.unwrap();
+    // The slow peer, linked to the relay only.
     let id = b"SlowNode2222222222222222222222222222222222222222222222222222222";
-    s.write_all(&handshake(&r, id, &[])).await.unwrap();
+    let (reader, got) = slow_reader(&r, id).await;
     wait_until("slow peer handshaken", T, || async {
         peer_count(&r).await == 2
     })
     .await;
     const N: usize = 5_000;
-    let got = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counter = got.clone();
-    let reader = tokio::spawn(async move {
-        let mut buf = vec![0u8; 16 * 1024];
-        while let Ok(n @ 1..) = s.read(&mut buf).await {
-            counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    });
     let payload = Value::Bin(vec![0x5a; 1024]);
     for i in 0..N {
         w.send(vec![Value::from(i), payload.clone()]).await.unwrap();

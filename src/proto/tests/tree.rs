@@ -3,6 +3,41 @@
 
 use super::*;
 
+/// Whole fingerprints of `n` broadcasts no node has seen.
+fn unseen(net: &Net, n: i64) -> Vec<Value> {
+    (0..n)
+        .map(|i| {
+            let p = Packed::new(main::BROADCAST, b"X", net.now.unix, &[Value::from(i)]);
+            Value::from(crate::proto::seen::fingerprint(&p.id()))
+        })
+        .collect()
+}
+
+/// The scripted peer `fake` sends node 0 `[flag, ids]`.
+fn tell(net: &mut Net, fake: &Fake, flag: u8, ids: Vec<Value>) {
+    let now = net.now;
+    let payload = [Value::from(flag), Value::Array(ids)];
+    net.feed(
+        0,
+        fake.conn,
+        &Packed::new(main::WHISPER, b"R", now.unix, &payload),
+    );
+}
+
+/// The id lists of the grafts node 0 sent `fake`.
+fn grafts_to(net: &Net, fake: &Fake) -> Vec<Value> {
+    sent_to(net, 0, fake)
+        .into_iter()
+        .filter(|m| m.sub_flag() == Some(sub::RS2P_GRAFT))
+        .filter_map(|m| m.payload.get(1).cloned())
+        .collect()
+}
+
+/// A scripted rs2p peer on node 0 with these capabilities.
+fn tree_peer(net: &mut Net, caps: &[u8]) -> Fake {
+    net.fake_with(0, "R", crate::proto::PeerKind::Rs, 10, caps)
+}
+
 #[test]
 fn a_node_that_loses_its_last_tree_link_grafts_the_others_back() {
     // Triangle: once the tree has settled, C gets A's writes from A only
@@ -86,39 +121,13 @@ fn a_tree_peer_without_compact_frames_is_announced_to_and_grafted_from_by_whole_
     use crate::wire::flags::compression::{RS2P_MARKER, RS2P_TREE};
     let mut net = Net::new(&["A"]);
     // An rs2p peer of an older version: in the tree, no compact frames.
-    let old = net.fake_with(
-        0,
-        "R",
-        crate::proto::PeerKind::Rs,
-        10,
-        &[RS2P_MARKER, RS2P_TREE],
-    );
+    let old = tree_peer(&mut net, &[RS2P_MARKER, RS2P_TREE]);
     // It announces a broadcast A has not seen, by its whole fingerprint.
-    let missing = Packed::new(
-        main::BROADCAST,
-        b"X",
-        net.now.unix,
-        &[Value::from(sub::BROADCAST)],
-    );
-    let fp = crate::proto::seen::fingerprint(&missing.id());
-    let ihave = [
-        Value::from(sub::RS2P_IHAVE),
-        Value::Array(vec![Value::from(fp)]),
-    ];
-    let now = net.now;
-    net.feed(
-        0,
-        old.conn,
-        &Packed::new(main::WHISPER, b"R", now.unix, &ihave),
-    );
+    let ids = unseen(&net, 1);
+    tell(&mut net, &old, sub::RS2P_IHAVE, ids.clone());
     net.sunk.clear();
     net.advance(GRAFT_AFTER + Duration::from_millis(10));
-    let grafts: Vec<Value> = sent_to(&net, 0, &old)
-        .into_iter()
-        .filter(|m| m.sub_flag() == Some(sub::RS2P_GRAFT))
-        .filter_map(|m| m.payload.get(1).cloned())
-        .collect();
-    assert_eq!(grafts, vec![Value::Array(vec![Value::from(fp)])]);
+    assert_eq!(grafts_to(&net, &old), vec![Value::Array(ids)]);
 }
 
 /// In a settled tree the announcements on a lazy link are redundant: the
@@ -176,34 +185,13 @@ fn overdue_ids_are_grafted_in_one_message_per_announcer() {
     use crate::proto::mesh::GRAFT_AFTER;
     use crate::wire::flags::compression::{RS2P_MARKER, RS2P_TREE};
     let mut net = Net::new(&["A"]);
-    let peer = net.fake_with(
-        0,
-        "R",
-        crate::proto::PeerKind::Rs,
-        10,
-        &[RS2P_MARKER, RS2P_TREE],
-    );
+    let peer = tree_peer(&mut net, &[RS2P_MARKER, RS2P_TREE]);
     // 300 broadcasts A has not seen, announced at once.
-    let ids: Vec<Value> = (0..300)
-        .map(|i: i64| {
-            let p = Packed::new(main::BROADCAST, b"X", net.now.unix, &[Value::from(i)]);
-            Value::from(crate::proto::seen::fingerprint(&p.id()))
-        })
-        .collect();
-    let ihave = [Value::from(sub::RS2P_IHAVE), Value::Array(ids.clone())];
-    let now = net.now;
-    net.feed(
-        0,
-        peer.conn,
-        &Packed::new(main::WHISPER, b"R", now.unix, &ihave),
-    );
+    let ids = unseen(&net, 300);
+    tell(&mut net, &peer, sub::RS2P_IHAVE, ids.clone());
     net.sunk.clear();
     net.advance(GRAFT_AFTER + Duration::from_millis(10));
-    let grafts: Vec<Value> = sent_to(&net, 0, &peer)
-        .into_iter()
-        .filter(|m| m.sub_flag() == Some(sub::RS2P_GRAFT))
-        .filter_map(|m| m.payload.get(1).cloned())
-        .collect();
+    let grafts = grafts_to(&net, &peer);
     assert_eq!(grafts.len(), 1, "one graft for the 300 ids");
     let mut asked = grafts[0].as_array().expect("whole ids").to_vec();
     let mut want = ids;
@@ -224,33 +212,18 @@ fn syncs_to(net: &Net, fake: &Fake) -> usize {
 fn a_graft_for_a_broadcast_no_longer_held_reconciles_at_once() {
     use crate::wire::flags::compression::{RS2P_MARKER, RS2P_RECONCILES, RS2P_TREE};
     let mut net = Net::new(&["A"]);
-    let caps = [RS2P_MARKER, RS2P_RECONCILES, RS2P_TREE];
-    let peer = net.fake_with(0, "R", crate::proto::PeerKind::Rs, 10, &caps);
+    let peer = tree_peer(&mut net, &[RS2P_MARKER, RS2P_RECONCILES, RS2P_TREE]);
     net.sunk.clear();
     // The peer asks for a broadcast A never held (or let go of).
-    let gone = Packed::new(main::BROADCAST, b"X", net.now.unix, &[Value::from(1)]);
-    let fp = crate::proto::seen::fingerprint(&gone.id());
-    let graft = [
-        Value::from(sub::RS2P_GRAFT),
-        Value::Array(vec![Value::from(fp)]),
-    ];
-    let now = net.now;
-    net.feed(
-        0,
-        peer.conn,
-        &Packed::new(main::WHISPER, b"R", now.unix, &graft),
-    );
+    let ids = unseen(&net, 1);
+    tell(&mut net, &peer, sub::RS2P_GRAFT, ids.clone());
     assert_eq!(
         syncs_to(&net, &peer),
         1,
         "A reconciles with the peer at once"
     );
     // Another one within the second opens no second session.
-    net.feed(
-        0,
-        peer.conn,
-        &Packed::new(main::WHISPER, b"R", now.unix, &graft),
-    );
+    tell(&mut net, &peer, sub::RS2P_GRAFT, ids);
     assert_eq!(syncs_to(&net, &peer), 1);
 }
 
@@ -259,20 +232,9 @@ fn an_announced_broadcast_no_announcer_sends_is_reconciled_for() {
     use crate::proto::mesh::GRAFT_AFTER;
     use crate::wire::flags::compression::{RS2P_MARKER, RS2P_RECONCILES, RS2P_TREE};
     let mut net = Net::new(&["A"]);
-    let caps = [RS2P_MARKER, RS2P_RECONCILES, RS2P_TREE];
-    let peer = net.fake_with(0, "R", crate::proto::PeerKind::Rs, 10, &caps);
-    let missing = Packed::new(main::BROADCAST, b"X", net.now.unix, &[Value::from(1)]);
-    let fp = crate::proto::seen::fingerprint(&missing.id());
-    let ihave = [
-        Value::from(sub::RS2P_IHAVE),
-        Value::Array(vec![Value::from(fp)]),
-    ];
-    let now = net.now;
-    net.feed(
-        0,
-        peer.conn,
-        &Packed::new(main::WHISPER, b"R", now.unix, &ihave),
-    );
+    let peer = tree_peer(&mut net, &[RS2P_MARKER, RS2P_RECONCILES, RS2P_TREE]);
+    let ids = unseen(&net, 1);
+    tell(&mut net, &peer, sub::RS2P_IHAVE, ids);
     net.sunk.clear();
     // A grafts, the peer never answers; once no announcer is left to ask,
     // A reconciles with the one it asked.
