@@ -90,13 +90,12 @@ impl Mesh {
     /// the link and reads neither. That is 70 of the 90 bytes an
     /// announcement of one id costs.
     pub(super) fn link_local(&mut self, conn: ConnId, payload: &[Value], now: Now) {
-        let compact = self.links.get(&conn).is_some_and(|c| c.bare);
-        let packed = if compact {
-            Packed::new(main::WHISPER, &[], 0, payload)
+        if self.links.get(&conn).is_some_and(|c| c.bare) {
+            let packed = Packed::new(main::WHISPER, &[], 0, payload);
+            self.send_packed(conn, &packed, now);
         } else {
-            Packed::new(main::WHISPER, &self.cfg.id, now.unix, payload)
-        };
-        self.send_packed(conn, &packed, now);
+            self.whisper_to(conn, payload, now);
+        }
     }
 
     /// Sends a message of our own: a broadcast is flooded (and remembered,

@@ -225,11 +225,8 @@ impl Mesh {
                 c.lazy = false;
             }
             self.stats.tree_grafts += 1;
-            self.link_local(
-                conn,
-                &[Value::from(sub::RS2P_GRAFT), Value::Array(vec![])],
-                now,
-            );
+            let payload = self.ids_payload(conn, sub::RS2P_GRAFT, &[]);
+            self.link_local(conn, &payload, now);
         }
     }
 
@@ -302,11 +299,8 @@ impl Mesh {
         }
         if self.eager_tree_links(conn) == 0 {
             self.stats.tree_grafts += 1;
-            return self.link_local(
-                conn,
-                &[Value::from(sub::RS2P_GRAFT), Value::Array(vec![])],
-                now,
-            );
+            let payload = self.ids_payload(conn, sub::RS2P_GRAFT, &[]);
+            return self.link_local(conn, &payload, now);
         }
         if let Some(c) = self.links.get_mut(&conn) {
             c.lazy = true;
