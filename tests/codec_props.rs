@@ -221,6 +221,15 @@ fn hostile_sizes_are_refused_with_typed_errors() {
     let err = Packed::from_body(body.into(), &[Compression::Zlib], &limits).unwrap_err();
     assert!(err.to_string().contains("checksum mismatch"), "{err}");
 
+    // A checksum that holds over something other than a packed array is
+    // still a plain body (tried after the compressed readings, since a
+    // plain body starts with an array), and parsing it says what is wrong.
+    let hello = msgpack::encode(&Value::from("hello"));
+    let mut body = <sha2::Sha256 as sha2::Digest>::digest(&hello).to_vec();
+    body.extend_from_slice(&hello);
+    let plain = Packed::from_body(body.into(), &[Compression::Zlib], &limits).unwrap();
+    assert!(plain.parse(&limits).is_err());
+
     // Wrong types where packets are expected.
     let not_array = msgpack::encode(&Value::from("hello"));
     assert!(WireMessage::parse(&not_array, &limits).is_err());

@@ -529,19 +529,24 @@ impl Replica {
         if changed == Changed::Nothing {
             return;
         }
-        let item = [TransferItem::new(
-            key,
-            &msgpack::encode(value),
-            &version.meta.owner,
-            version.meta.timestamp,
-            Some(version.since),
-        )];
         // Along the broadcast tree (every rs2p peer outside it is
         // reconciled with in time): a healed partition converges even
-        // without direct links, without a copy per link.
+        // without direct links, without a copy per link. The item is
+        // encoded only when it goes somewhere: a node joining a mesh
+        // through one peer merges its whole dictionary this way.
+        let mut item = None;
         for conn in mesh.routed(Some(PeerKind::Rs)) {
             if conn != from && mesh.eager(conn) {
-                send_transfer(mesh, conn, &item, now);
+                let item = item.get_or_insert_with(|| {
+                    [TransferItem::new(
+                        key,
+                        &msgpack::encode(value),
+                        &version.meta.owner,
+                        version.meta.timestamp,
+                        Some(version.since),
+                    )]
+                });
+                send_transfer(mesh, conn, item.as_slice(), now);
             }
         }
         let since = version.since;
