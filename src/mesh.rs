@@ -120,6 +120,7 @@ impl MeshSocket {
             handshake_timeout: cfg.handshake_timeout,
             seen_capacity: cfg.seen_capacity,
             reconnect: cfg.reconnect,
+            creator_push: true,
         };
         let handle = actor::start(
             cfg,

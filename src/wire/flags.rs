@@ -150,6 +150,12 @@ pub mod compression {
     /// checksum ([`Framing::Bare`](crate::wire::Framing::Bare)) lists this
     /// too.
     pub const RS2P_BARE: u8 = 0x2b;
+    /// Not a compression: an rs2p node that pushes every broadcast it
+    /// creates to every neighbour, in the tree or not, lists this too. Its
+    /// tree peers then get its whole neighbour list
+    /// ([`RS2P_NEIGHBOURS`](super::sub::RS2P_NEIGHBOURS)), and what comes
+    /// from its creator is not relayed to the creator's neighbours.
+    pub const RS2P_CREATOR_PUSH: u8 = 0x2a;
 }
 
 /// The protocol's name of a sub-flag, for logs.

@@ -52,6 +52,15 @@ impl Handshake {
         self.is_rs2p() && self.methods.contains(&i64::from(compression::RS2P_BARE))
     }
 
+    /// True when the peer is an rs2p node that pushes the broadcasts it
+    /// creates to every neighbour.
+    pub fn creator_push(&self) -> bool {
+        self.is_rs2p()
+            && self
+                .methods
+                .contains(&i64::from(compression::RS2P_CREATOR_PUSH))
+    }
+
     /// True when the peer is an rs2p node that speaks set reconciliation.
     pub fn reconciles(&self) -> bool {
         self.is_rs2p()

@@ -145,7 +145,15 @@ impl Mesh {
     /// - **relay pruning** (older rs2p peers): what came from an rs2p peer
     ///   reached its neighbours from it — the list it sent is older than
     ///   the broadcast on the same stream, and it relays every broadcast to
-    ///   every neighbour but the sender.
+    ///   every neighbour but the sender;
+    /// - **the creator pushes to all**: a broadcast we create goes to every
+    ///   peer, in the tree or not, so one that came straight from its
+    ///   creator (a peer listing
+    ///   [`RS2P_CREATOR_PUSH`](crate::wire::flags::compression::RS2P_CREATOR_PUSH))
+    ///   reached all the creator's neighbours already and is relayed only
+    ///   beyond them. In a mesh where every node sees the writer, a write
+    ///   costs one frame per node and one hop; a burst no longer races
+    ///   relays against the writer's own copies.
     ///
     /// [`tree`]: super::tree
     pub(super) fn flood(
@@ -162,6 +170,9 @@ impl Mesh {
         // A peer in the tree does not push to its lazy tree links, so only
         // its other neighbours are known to have the message from it.
         let from_tree = from.is_some_and(|c| c.tree);
+        let from_creator = from.is_some_and(|c| {
+            c.creator_push && c.peer_id.as_deref().is_some_and(|p| Some(p) == creator)
+        });
         let mut pruned_count = 0;
         let targets: Vec<ConnId> = self
             .routing
@@ -170,15 +181,17 @@ impl Mesh {
             .filter(|(_, conn)| !skip_js || self.peer_kind(**conn) != PeerKind::Js)
             .filter(|(id, conn)| {
                 let in_tree = self.links.get(conn).is_some_and(|l| l.tree);
-                let pruned = relayed_by.is_some_and(|n| n.contains(*id)) && !(from_tree && in_tree);
+                let pruned = relayed_by.is_some_and(|n| n.contains(*id))
+                    && (from_creator || !(from_tree && in_tree));
                 pruned_count += u64::from(pruned);
                 !pruned
             })
             .map(|(_, conn)| *conn)
             .collect();
         self.stats.relays_pruned += pruned_count;
-        let (targets, lazy): (Vec<ConnId>, Vec<ConnId>) =
-            targets.into_iter().partition(|c| self.eager(*c));
+        let (targets, lazy): (Vec<ConnId>, Vec<ConnId>) = targets
+            .into_iter()
+            .partition(|c| (from_conn.is_none() && self.cfg.creator_push) || self.eager(*c));
         // Short announcements come only from compact tree peers: without
         // one, deliveries need not be remembered by short id.
         let compact_peers = self

@@ -82,6 +82,9 @@ struct Link {
     batches: bool,
     /// The peer reads frames without their checksum ([`Framing::Bare`]).
     bare: bool,
+    /// The peer pushes what it creates to every neighbour
+    /// ([`flags::compression::RS2P_CREATOR_PUSH`]).
+    creator_push: bool,
     /// An rs2p peer in the broadcast tree; `lazy` when the link is out of
     /// the tree (broadcasts are announced on it, not pushed), with the ids
     /// waiting to be announced.
@@ -130,6 +133,7 @@ impl Link {
             reconciles: false,
             batches: false,
             bare: false,
+            creator_push: false,
             tree: false,
             lazy: false,
             announce: Vec::new(),
@@ -466,6 +470,11 @@ impl Mesh {
                 Value::from(flags::compression::RS2P_BATCHES),
                 Value::from(flags::compression::RS2P_BARE),
             ])
+            .chain(
+                self.cfg
+                    .creator_push
+                    .then(|| Value::from(flags::compression::RS2P_CREATOR_PUSH)),
+            )
             .collect();
         let payload = [
             Value::from(sub::HANDSHAKE),

@@ -91,6 +91,7 @@ impl Mesh {
         c.reconciles = kind == PeerKind::Rs && h.reconciles();
         c.batches = kind == PeerKind::Rs && h.batches();
         c.bare = kind == PeerKind::Rs && h.bare();
+        c.creator_push = kind == PeerKind::Rs && h.creator_push();
         c.tree = kind == PeerKind::Rs && h.tree();
         c.set_peer_methods(h.methods, &compression);
         if !first {
@@ -168,10 +169,12 @@ impl Mesh {
     /// changes, before anything else is sent, so that a peer never prunes a
     /// relay on a list that is newer than the broadcast it came with.
     ///
-    /// A peer in the broadcast tree only prunes on the list for its own
-    /// peers outside the tree (py2p, js2p, older rs2p: we push every
-    /// broadcast to those), so it gets only those, and only when that list
-    /// changed: in a mesh of rs2p nodes nothing is sent.
+    /// A peer in the broadcast tree prunes on the list for its own peers
+    /// outside the tree (py2p, js2p, older rs2p: we push every broadcast to
+    /// those), and, when it knows we push what we create to every
+    /// neighbour, for all of them on what comes from us as its creator; an
+    /// older tree peer gets only those outside, and only when that list
+    /// changed.
     pub(super) fn announce_neighbours(&mut self, now: Now) {
         let all: Vec<Vec<u8>> = self.routing.keys().cloned().collect();
         let outside: Vec<Vec<u8>> = self
@@ -184,7 +187,11 @@ impl Mesh {
             let Some(link) = self.links.get_mut(&conn) else {
                 continue;
             };
-            let list = if link.tree { &outside } else { &all };
+            let list = if link.tree && !link.creator_push {
+                &outside
+            } else {
+                &all
+            };
             if link.tree && link.told_neighbours.as_ref() == Some(list) {
                 continue;
             }

@@ -149,6 +149,13 @@ pub struct Settings {
     pub seen_capacity: usize,
     /// Re-dial peers we lost.
     pub reconnect: bool,
+    /// Push the broadcasts we create to every peer, in the broadcast tree
+    /// or not, and tell rs2p peers so
+    /// ([`RS2P_CREATOR_PUSH`](crate::wire::flags::compression::RS2P_CREATOR_PUSH)):
+    /// they then relay what they get from us only beyond our neighbours.
+    /// On by default; off, the node behaves as rs2p nodes before it did
+    /// (its writes go along the tree only).
+    pub creator_push: bool,
 }
 
 impl Settings {
@@ -168,6 +175,7 @@ impl Settings {
             handshake_timeout: Duration::from_secs(30),
             seen_capacity: 1 << 18,
             reconnect: true,
+            creator_push: true,
         }
     }
 }

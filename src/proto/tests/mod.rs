@@ -53,6 +53,11 @@ struct Net {
 
 impl Net {
     fn new(ids: &[&str]) -> Net {
+        Net::with_settings(ids, |_| {})
+    }
+
+    /// Nodes whose settings `adjust` changes first.
+    fn with_settings(ids: &[&str], adjust: impl Fn(&mut Settings)) -> Net {
         let dicts: Vec<_> = ids
             .iter()
             .map(|_| Arc::new(Mutex::new(Dict::default())))
@@ -61,7 +66,9 @@ impl Net {
             .iter()
             .enumerate()
             .map(|(i, id)| {
-                let settings = Settings::new(id.as_bytes().to_vec(), "sync1", ("h", i as u16 + 1));
+                let mut settings =
+                    Settings::new(id.as_bytes().to_vec(), "sync1", ("h", i as u16 + 1));
+                adjust(&mut settings);
                 Node::new(
                     settings,
                     Some(Replica::new(dicts[i].clone(), true)),

@@ -33,6 +33,12 @@ fn grafts_to(net: &Net, fake: &Fake) -> Vec<Value> {
         .collect()
 }
 
+/// Nodes that push their own broadcasts along the tree only, as rs2p nodes
+/// before [`RS2P_CREATOR_PUSH`](crate::wire::flags::compression::RS2P_CREATOR_PUSH).
+fn older_nodes(ids: &[&str]) -> Net {
+    Net::with_settings(ids, |s| s.creator_push = false)
+}
+
 /// A scripted rs2p peer on node 0 with these capabilities.
 fn tree_peer(net: &mut Net, caps: &[u8]) -> Fake {
     net.fake_with(0, "R", crate::proto::PeerKind::Rs, 10, caps)
@@ -41,8 +47,10 @@ fn tree_peer(net: &mut Net, caps: &[u8]) -> Fake {
 #[test]
 fn a_node_that_loses_its_last_tree_link_grafts_the_others_back() {
     // Triangle: once the tree has settled, C gets A's writes from A only
-    // (its link to B is out of the tree).
-    let mut net = Net::new(&["A", "B", "C"]);
+    // (its link to B is out of the tree). The nodes push their own writes
+    // along the tree only, as rs2p nodes before the creator push did (with
+    // it, B never relays A's writes to C and no link ever leaves).
+    let mut net = older_nodes(&["A", "B", "C"]);
     net.connect(0, 1);
     net.connect(0, 2);
     net.connect(1, 2);
@@ -66,7 +74,8 @@ fn a_node_that_loses_its_last_tree_link_grafts_the_others_back() {
 #[test]
 fn a_broadcast_lost_on_a_tree_link_is_grafted_from_an_announcer() {
     use crate::proto::mesh::{ANNOUNCE_AFTER, GRAFT_AFTER};
-    let mut net = Net::new(&["A", "B", "C"]);
+    // Writes along the tree only (see above): a link leaves the tree.
+    let mut net = older_nodes(&["A", "B", "C"]);
     net.connect(1, 0);
     net.connect(2, 1);
     net.advance(Duration::from_secs(3));
@@ -137,7 +146,8 @@ fn a_tree_peer_without_compact_frames_is_announced_to_and_grafted_from_by_whole_
 #[test]
 fn announcements_back_off_while_the_tree_is_settled() {
     use crate::proto::mesh::{ANNOUNCE_AFTER, MAX_ANNOUNCE_GAP};
-    let mut net = Net::new(&["A", "B", "C"]);
+    // Writes along the tree only (see above), so a link is out of it.
+    let mut net = older_nodes(&["A", "B", "C"]);
     net.connect(1, 0);
     net.connect(2, 1);
     net.advance(Duration::from_secs(3));
@@ -242,4 +252,94 @@ fn an_announced_broadcast_no_announcer_sends_is_reconciled_for() {
     assert_eq!(syncs_to(&net, &peer), 0, "grafted, not reconciled yet");
     net.advance(GRAFT_AFTER + Duration::from_millis(10));
     assert_eq!(syncs_to(&net, &peer), 1);
+}
+
+/// Every broadcast A writes in this net: (duplicates, relays) summed over
+/// the nodes, and whether every node got all of them.
+fn write_from(net: &mut Net, writer: usize, n: i64) -> (u64, u64, bool) {
+    let before: Vec<_> = net.nodes.iter().map(Node::stats).collect();
+    let user = |i: i64| [Value::from(sub::BROADCAST), Value::from(1000 + i)];
+    for i in 0..n {
+        let now = net.now;
+        net.nodes[writer].send(main::BROADCAST, &user(i), now);
+        net.settle();
+        net.advance(Duration::from_millis(20));
+    }
+    let after: Vec<_> = net.nodes.iter().map(Node::stats).collect();
+    let sum = |f: fn(&crate::proto::mesh::NodeStats) -> u64| -> u64 {
+        after.iter().zip(&before).map(|(a, b)| f(a) - f(b)).sum()
+    };
+    let all = (0..net.nodes.len()).filter(|&j| j != writer).all(|j| {
+        (0..n).all(|i| {
+            net.received
+                .iter()
+                .any(|(k, p)| *k == j && p[1] == Value::from(1000 + i))
+        })
+    });
+    (sum(|s| s.duplicate_broadcasts), sum(|s| s.relays), all)
+}
+
+#[test]
+fn a_creator_pushes_to_every_neighbour_and_they_relay_nothing_among_themselves() {
+    // A triangle: A's writes reach B and C straight from A, who both know
+    // A's neighbours, so neither relays (no duplicate, one hop).
+    let mut net = Net::new(&["A", "B", "C"]);
+    net.connect(0, 1);
+    net.connect(0, 2);
+    net.connect(1, 2);
+    net.advance(Duration::from_secs(3));
+    let (dups, relays, all) = write_from(&mut net, 0, 40);
+    assert!(all, "every node got every write");
+    assert_eq!((dups, relays), (0, 0));
+    assert!(net.nodes[1].stats().relays_pruned >= 40);
+}
+
+#[test]
+fn what_came_from_its_creator_is_still_relayed_beyond_the_creators_neighbours() {
+    // D is linked to A only; A, B and C form a triangle. D's writes come to
+    // A from their creator, and A relays them to B and C (not D's
+    // neighbours); B and C, who got them from a relay, keep the tree
+    // between them as before.
+    // No dials from peers lists: D stays linked to A only.
+    let mut net = Net::with_settings(&["A", "B", "C", "D"], |s| s.max_outgoing = 0);
+    net.connect(0, 1);
+    net.connect(0, 2);
+    net.connect(1, 2);
+    net.connect(3, 0);
+    net.advance(Duration::from_secs(3));
+    assert_eq!(net.nodes[3].stats().peers, 1);
+    let relays = net.nodes[0].stats().relays;
+    let (_, _, all) = write_from(&mut net, 3, 40);
+    assert!(all, "every node got every write");
+    // A relayed each to both B and C (D's only neighbour is A itself).
+    assert_eq!(net.nodes[0].stats().relays - relays, 80);
+}
+
+#[test]
+fn an_older_creator_is_relayed_for_as_before() {
+    // A pushes its writes along the tree only (an rs2p node before the
+    // creator push, which does not list it): B and C must not leave each
+    // other out on A's behalf.
+    let mut net = Net::with_settings(&["A", "B", "C"], |s| {
+        if s.id == b"A" {
+            s.creator_push = false;
+        }
+    });
+    net.connect(0, 1);
+    net.connect(0, 2);
+    net.connect(1, 2);
+    net.advance(Duration::from_secs(3));
+    let (_, _, all) = write_from(&mut net, 0, 40);
+    assert!(all, "every node got every write");
+    // A link out of A's tree is repaired by B or C, not left to the
+    // creator's list: drop A's pushes to C.
+    net.lossy.insert((0, 2));
+    let (_, _, all) = write_from(&mut net, 0, 5);
+    net.advance(Duration::from_secs(1));
+    let got_all = (0..5).all(|i| {
+        net.received
+            .iter()
+            .any(|(k, p)| *k == 2 && p[1] == Value::from(1000 + i))
+    });
+    assert!(all || got_all, "C got A's writes through B");
 }
