@@ -105,6 +105,13 @@ pub(super) async fn run_latency(env: &Env, imp: Impl, n: usize, plan: &Plan) -> 
         let lo_idle = loopback_bytes();
         let stats0 = gather_stats(&mut nodes).await;
         let idle_s = idle_from.elapsed().as_secs_f64();
+        // Nodes 1.. report each update as it happens; their lines are read
+        // after the last set, so that the harness does not compete with the
+        // nodes for the CPU while the sets propagate (all implementations
+        // alike; each line carries the node's own time).
+        for node in nodes.iter().skip(1) {
+            node.hold_output(true);
+        }
         let t_begin = Instant::now();
         for j in 0..sets {
             tokio::time::sleep_until((t_begin + spacing * j as u32).into()).await;
@@ -118,6 +125,9 @@ pub(super) async fn run_latency(env: &Env, imp: Impl, n: usize, plan: &Plan) -> 
         }
         // Every node's update times; a set that some node never gets within
         // 10 s after the last one counts as lost.
+        for node in nodes.iter().skip(1) {
+            node.hold_output(false);
+        }
         let collect_until = (Instant::now() + Duration::from_secs(10)).min(deadline);
         let mut latest: HashMap<String, i64> = HashMap::new();
         let mut got: HashMap<String, usize> = HashMap::new();
