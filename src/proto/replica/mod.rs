@@ -32,6 +32,11 @@ pub const TRANSFER_WINDOW: usize = 8 << 20;
 /// for years (py2p and js2p take it as dated).
 pub const MAX_FUTURE_SKEW: i64 = 300;
 
+/// How far ahead of the clock a node dates its own rewrites of a key, at
+/// most (see `Replica::own_time`): well inside [`MAX_FUTURE_SKEW`], and
+/// little more than the clock skew peers see between machines anyway.
+pub const OWN_AHEAD: i64 = 5;
+
 /// The date a peer's write is taken as, at `now`: as sent, but no later
 /// than [`MAX_FUTURE_SKEW`] ahead, and no earlier than 0 (1970). A date
 /// before 1970 comes only from a broken clock; as 0 its lease has still
@@ -226,6 +231,7 @@ impl Replica {
         if !value.is_nil() {
             check_value(mesh, &key, &value)?;
         }
+        let now = self.own_time(mesh, &key, now);
         let meta = Meta {
             owner: mesh.id().to_vec(),
             timestamp: now.unix,
@@ -240,6 +246,32 @@ impl Replica {
         Ok(())
     }
 
+    /// The time of a write of ours to `key` (its version's timestamp and
+    /// its message's time): now, or a second after our own version of the
+    /// key when that is not older, at most [`OWN_AHEAD`] seconds ahead.
+    ///
+    /// Two writes of one key by one node in one second would otherwise
+    /// have equal versions: peers that saw both keep the later, but a peer
+    /// that missed the second (a lost link, a restart) reconciles the two
+    /// by their encodings, and the larger one, maybe the first, then wins
+    /// everywhere, on the writer too: an acknowledged write lost. A key
+    /// written more often than once a second for long runs up to
+    /// `OWN_AHEAD` ahead and from there ties as before.
+    fn own_time(&self, mesh: &Mesh, key: &[u8], now: Now) -> Now {
+        let ours = self
+            .lock()
+            .version(key)
+            .filter(|v| v.meta.owner == mesh.id())
+            .map(|v| v.meta.timestamp);
+        match ours {
+            Some(t) if t >= now.unix => Now {
+                unix: t.saturating_add(1).min(now.unix.saturating_add(OWN_AHEAD)),
+                ..now
+            },
+            _ => now,
+        }
+    }
+
     /// Merges a map into the map at `key` and broadcasts the delta.
     pub fn apply_delta(
         &mut self,
@@ -248,6 +280,7 @@ impl Replica {
         entries: Vec<(Value, Value)>,
         now: Now,
     ) -> Result<()> {
+        let now = self.own_time(mesh, &key, now);
         let meta = Meta {
             owner: mesh.id().to_vec(),
             timestamp: now.unix,
