@@ -168,9 +168,9 @@ impl Node {
                 }
                 self.mesh.flush_after_connect(conn, now);
             }
-            Upcall::Message(inc) => {
+            Upcall::Message(mut inc) => {
                 if let Some(r) = self.replica.as_mut() {
-                    if r.on_message(&mut self.mesh, &inc, now) {
+                    if r.on_message(&mut self.mesh, &mut inc, now) {
                         r.pump_now(&mut self.mesh, room, now);
                         return;
                     }

@@ -345,10 +345,7 @@ impl Packet {
                 },
                 None => Packet::Other,
             },
-            Some(sub::RS2P_STORES) => match stores(&p[1..]) {
-                Some(list) => Packet::Stores(list),
-                None => Packet::Ignored("malformed batch of state-transfer items"),
-            },
+            Some(sub::RS2P_STORES) => Packet::stores(p[1..].to_vec()),
             Some(sub::STORE) if p.len() == 5 || p.len() == 6 => {
                 let (Some(key), Some(owner), Some(timestamp)) =
                     (bytes(p.get(1)), bytes(p.get(3)), p[4].as_i64())
@@ -398,25 +395,49 @@ impl Packet {
     }
 }
 
-/// The items of a batch: five packets each (key, value, owner, timestamp,
-/// lease start); `None` when any is malformed.
-fn stores(p: &[Value]) -> Option<Vec<Store>> {
-    if p.len() % 5 != 0 {
-        return None;
-    }
-    p.chunks_exact(5)
-        .map(|it| {
-            Some(Store {
-                key: bytes(Some(&it[0]))?,
-                value: it[1].clone(),
+impl Packet {
+    /// A batch of state-transfer items ([`sub::RS2P_STORES`]) from the
+    /// packets after its sub-flag, five each (key, value, owner, timestamp,
+    /// lease start), moved rather than copied: a joining node reads its
+    /// whole dictionary this way.
+    pub fn stores(packets: Vec<Value>) -> Packet {
+        if packets.len() % 5 != 0 {
+            return Packet::Ignored("malformed batch of state-transfer items");
+        }
+        let mut list = Vec::with_capacity(packets.len() / 5);
+        let mut it = packets.into_iter();
+        while let (Some(key), Some(value), Some(owner), Some(timestamp), Some(since)) =
+            (it.next(), it.next(), it.next(), it.next(), it.next())
+        {
+            let (Some(key), Some(owner), Some(timestamp), Some(since)) = (
+                owned_bytes(key),
+                owned_bytes(owner),
+                timestamp.as_i64(),
+                since.as_i64(),
+            ) else {
+                return Packet::Ignored("malformed batch of state-transfer items");
+            };
+            list.push(Store {
+                key,
+                value,
                 transfer: Some(TransferMeta {
-                    owner: bytes(Some(&it[2]))?,
-                    timestamp: it[3].as_i64()?,
-                    since: Some(it[4].as_i64()?),
+                    owner,
+                    timestamp,
+                    since: Some(since),
                 }),
-            })
-        })
-        .collect()
+            });
+        }
+        Packet::Stores(list)
+    }
+}
+
+/// A str or bin packet's bytes, moved out of it.
+fn owned_bytes(v: Value) -> Option<Vec<u8>> {
+    match v {
+        Value::Bin(b) => Some(b),
+        Value::Str(s) => Some(s.into_bytes()),
+        _ => None,
+    }
 }
 
 /// True for a live sync delete (`[store, key, nil]`), which is never sent to

@@ -183,7 +183,7 @@ impl Replica {
 
     fn announce(
         mesh: &mut Mesh,
-        key: &[u8],
+        key: Vec<u8>,
         changed: Changed,
         value: Value,
         meta: Meta,
@@ -192,16 +192,12 @@ impl Replica {
         let change = match changed {
             Changed::Nothing => return,
             Changed::Set => Change::Set {
-                key: key.to_vec(),
+                key,
                 value,
                 meta,
                 since,
             },
-            Changed::Deleted => Change::Deleted {
-                key: key.to_vec(),
-                meta,
-                since,
-            },
+            Changed::Deleted => Change::Deleted { key, meta, since },
         };
         mesh.push(Output::Sync(change));
     }
@@ -218,7 +214,7 @@ impl Replica {
         let (changed, since) =
             self.lock()
                 .apply(key, &value, &meta, kind, self.leasing, now.unix)?;
-        Self::announce(mesh, key, changed, value, meta, since);
+        Self::announce(mesh, key.to_vec(), changed, value, meta, since);
         Ok(())
     }
 
@@ -402,14 +398,19 @@ impl Replica {
     }
 
     /// A message for the dictionary; false when it is not one.
-    pub(crate) fn on_message(&mut self, mesh: &mut Mesh, inc: &Incoming, now: Now) -> bool {
+    pub(crate) fn on_message(&mut self, mesh: &mut Mesh, inc: &mut Incoming, now: Now) -> bool {
         let date = |t: i64| dated(t, now.unix);
-        match &inc.packet {
+        match &mut inc.packet {
             Packet::Store(Store {
                 key,
                 value,
                 transfer: Some(t),
             }) => {
+                let (key, value, t) = (
+                    std::mem::take(key),
+                    std::mem::replace(value, Value::Nil),
+                    t.clone(),
+                );
                 self.on_transfer_item(mesh, inc.conn, key, value, t, now);
                 true
             }
@@ -417,9 +418,9 @@ impl Replica {
                 // Only rs2p peers send batches, and they are read only from
                 // rs2p peers.
                 if mesh.peer_kind(inc.conn) == PeerKind::Rs {
-                    for s in items {
-                        if let Some(t) = &s.transfer {
-                            self.on_transfer_item(mesh, inc.conn, &s.key, &s.value, t, now);
+                    for s in std::mem::take(items) {
+                        if let Some(t) = s.transfer {
+                            self.on_transfer_item(mesh, inc.conn, s.key, s.value, t, now);
                         }
                     }
                 }
@@ -479,16 +480,16 @@ impl Replica {
         &mut self,
         mesh: &mut Mesh,
         from: ConnId,
-        key: &[u8],
-        value: &Value,
-        t: &TransferMeta,
+        key: Vec<u8>,
+        value: Value,
+        t: TransferMeta,
         now: Now,
     ) {
         let date = |t: i64| dated(t, now.unix);
         let timestamp = date(t.timestamp);
         let version = Version {
             meta: Meta {
-                owner: t.owner.clone(),
+                owner: t.owner,
                 timestamp,
             },
             // An rs2p peer's lease start, dated the same way.
@@ -496,7 +497,7 @@ impl Replica {
             deleted: value.is_nil(),
         };
         if t.since.is_none() {
-            self.reference_transfer(mesh, key, value.clone(), version, now);
+            self.reference_transfer(mesh, &key, value, version, now);
         } else {
             self.merge_transfer(mesh, from, key, value, version, now);
         }
@@ -551,14 +552,14 @@ impl Replica {
         &mut self,
         mesh: &mut Mesh,
         from: ConnId,
-        key: &[u8],
-        value: &Value,
+        key: Vec<u8>,
+        value: Value,
         version: Version,
         now: Now,
     ) {
         let changed = self
             .lock()
-            .merge(key, value, &version, self.leasing, now.unix);
+            .merge(&key, &value, &version, self.leasing, now.unix);
         if changed == Changed::Nothing {
             return;
         }
@@ -572,8 +573,8 @@ impl Replica {
             if conn != from && mesh.eager(conn) {
                 let item = item.get_or_insert_with(|| {
                     [TransferItem::new(
-                        key,
-                        &msgpack::encode(value),
+                        &key,
+                        &msgpack::encode(&value),
                         &version.meta.owner,
                         version.meta.timestamp,
                         Some(version.since),
@@ -583,7 +584,7 @@ impl Replica {
             }
         }
         let since = version.since;
-        Self::announce(mesh, key, changed, value.clone(), version.meta, since);
+        Self::announce(mesh, key, changed, value, version.meta, since);
     }
 }
 
