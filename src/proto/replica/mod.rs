@@ -254,11 +254,19 @@ impl Replica {
     /// written more often than once a second for long runs up to
     /// `OWN_AHEAD` ahead and from there ties as before.
     fn own_time(&self, mesh: &Mesh, key: &[u8], now: Now) -> Now {
-        let ours = self
-            .lock()
-            .version(key)
-            .filter(|v| v.meta.owner == mesh.id())
-            .map(|v| v.meta.timestamp);
+        // Read in place: `Dict::version` would copy the owner on every
+        // local write.
+        let ours = {
+            let d = self.lock();
+            match d.map.get(key) {
+                Some(e) => (*e.slot().owner == *mesh.id()).then(|| e.slot().timestamp),
+                None => d
+                    .tombs
+                    .get(key)
+                    .filter(|t| t.meta.owner == mesh.id())
+                    .map(|t| t.meta.timestamp),
+            }
+        };
         match ours {
             Some(t) if t >= now.unix => Now {
                 unix: t.saturating_add(1).min(now.unix.saturating_add(OWN_AHEAD)),

@@ -73,13 +73,7 @@ impl Env {
                 if !adapter.exists() {
                     return Err(format!("{} is missing", adapter.display()));
                 }
-                let ok = Command::new(self.python())
-                    .args(["-c", "import py2p"])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success());
-                if ok {
+                if succeeds(Command::new(self.python()).args(["-c", "import py2p"])) {
                     Ok(())
                 } else {
                     Err("py2p is not installed (run scripts/setup-peers.sh)".into())
@@ -93,13 +87,7 @@ impl Env {
                 if !self.js2p_dir().join("package.json").exists() {
                     return Err("js2p is not installed (run scripts/setup-peers.sh)".into());
                 }
-                let ok = Command::new("node")
-                    .arg("--version")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success());
-                if ok {
+                if succeeds(Command::new("node").arg("--version")) {
                     Ok(())
                 } else {
                     Err("`node` is not on PATH".into())
@@ -170,6 +158,14 @@ impl std::fmt::Display for WaitErr {
             WaitErr::Timeout(s) | WaitErr::Fail(s) => f.write_str(s),
         }
     }
+}
+
+/// Runs `cmd` with its output discarded: true when it exits with success.
+fn succeeds(cmd: &mut Command) -> bool {
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// One adapter process.
