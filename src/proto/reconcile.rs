@@ -27,7 +27,7 @@
 
 use std::collections::HashMap;
 
-use super::dict::{key_hash, Dict};
+use super::dict::{key_hash, Dict, Entry, Tomb};
 use super::sketch::Sketch;
 use crate::value::Value;
 use crate::wire::flags::sub;
@@ -111,23 +111,41 @@ fn splittable(lo: u64, hi: u64) -> bool {
     hi - lo >= BRANCH as u64
 }
 
-/// One item of the dictionary: its key, key hash and version hash.
+/// One item of the dictionary: its key, key hash, and where its version
+/// hash comes from.
 struct Item<'a> {
     key: &'a [u8],
     kh: u64,
-    ih: u64,
+    of: Of<'a>,
+}
+
+enum Of<'a> {
+    Entry(&'a Entry),
+    Tomb(&'a Tomb),
+}
+
+impl Item<'_> {
+    /// The version hash, computed when asked: the dictionary does not keep
+    /// it (8 bytes a key), and a pass that only places keys in ranges
+    /// (`wanted`, ranges already equal) need not hash the values.
+    fn ih(&self) -> u64 {
+        match self.of {
+            Of::Entry(e) => e.item_hash(),
+            Of::Tomb(t) => t.hash(),
+        }
+    }
 }
 
 fn items(dict: &Dict) -> impl Iterator<Item = Item<'_>> {
     let entries = dict.map.iter().map(|e| Item {
         key: e.key(),
         kh: key_hash(e.key()),
-        ih: e.slot().hash,
+        of: Of::Entry(e),
     });
     let tombs = dict.tombs.iter().map(|t| Item {
         key: &t.key,
         kh: key_hash(&t.key),
-        ih: t.hash(),
+        of: Of::Tomb(t),
     });
     entries.chain(tombs)
 }
@@ -158,24 +176,31 @@ pub struct Answer {
 }
 
 /// The opening message of a session: the whole space, split (or listed
-/// when small).
-pub fn open(dict: &Dict) -> Vec<Range> {
+/// when small), and with `with_sketch` the sketch of every item (see
+/// [`sketch`](super::sketch)), for a dictionary of at least
+/// [`SKETCH_MIN_ITEMS`]; one pass over the dictionary for both.
+pub fn open(dict: &Dict, with_sketch: bool) -> (Vec<Range>, Option<Sketch>) {
     let (lo, hi) = (0, u64::MAX);
-    let mut parts = vec![Print::default(); BRANCH];
-    let mut total = 0usize;
-    for it in items(dict) {
-        parts[part_of(lo, hi, it.kh)].add(it.ih);
-        total += 1;
-    }
+    let total = dict.map.len() + dict.tombs.len();
     if total <= LIST_MAX {
-        let items = items(dict).map(|it| (it.kh, it.ih)).collect();
-        return vec![Range::Items { lo, hi, items }];
+        let items = items(dict).map(|it| (it.kh, it.ih())).collect();
+        return (vec![Range::Items { lo, hi, items }], None);
     }
-    vec![Range::Split {
+    let mut parts = vec![Print::default(); BRANCH];
+    let mut sketch = (with_sketch && total >= SKETCH_MIN_ITEMS).then(Sketch::default);
+    for it in items(dict) {
+        let ih = it.ih();
+        parts[part_of(lo, hi, it.kh)].add(ih);
+        if let Some(s) = sketch.as_mut() {
+            s.insert(it.kh, ih);
+        }
+    }
+    let ranges = vec![Range::Split {
         lo,
         hi,
         parts: parts.iter().map(|p| (p.count, p.sum)).collect(),
-    }]
+    }];
+    (ranges, sketch)
 }
 
 /// A dictionary holds at least this many items before the opening message
@@ -183,20 +208,12 @@ pub fn open(dict: &Dict) -> Vec<Range> {
 /// few small rounds, for less than the sketch's 12 KiB.
 pub const SKETCH_MIN_ITEMS: usize = 4096;
 
-/// The sketch of every item (see [`sketch`](super::sketch)), sent with the
-/// opening message of a session on connect; `None` for a dictionary under
-/// [`SKETCH_MIN_ITEMS`].
-pub fn sketch(dict: &Dict) -> Option<Sketch> {
-    let total = dict.map.len() + dict.tombs.len();
-    (total >= SKETCH_MIN_ITEMS).then(|| Sketch::of(items(dict).map(|it| (it.kh, it.ih))))
-}
-
 /// Reads a peer's sketch against our dictionary: when the difference
 /// decodes, the whole answer (our versions it lacks or holds differently,
 /// and a want list of its versions), with no ranges left to compare;
 /// `None` when too much differs, and the ranges must be compared.
 pub fn answer_sketch(dict: &Dict, theirs: &Sketch) -> Option<Answer> {
-    let mut ours = Sketch::of(items(dict).map(|it| (it.kh, it.ih)));
+    let mut ours = Sketch::of(items(dict).map(|it| (it.kh, it.ih())));
     ours.subtract(theirs);
     let diff = ours.decode()?;
     let mut out = Answer::default();
@@ -257,7 +274,7 @@ pub fn answer(dict: &Dict, ranges: &[Range]) -> Answer {
     let mut ours = vec![Print::default(); units.len()];
     for it in items(dict) {
         if let Some(u) = find(it.kh) {
-            ours[u].add(it.ih);
+            ours[u].add(it.ih());
         }
     }
     // Decide per unit.
@@ -300,20 +317,20 @@ pub fn answer(dict: &Dict, ranges: &[Range]) -> Answer {
         match plans[u] {
             Plan::Done => {}
             Plan::SendAll => out.send.push(it.key.to_vec()),
-            Plan::List => lists[u].push((it.kh, it.ih)),
+            Plan::List => lists[u].push((it.kh, it.ih())),
             Plan::Split => {
                 if parts[u].is_empty() {
                     parts[u] = vec![Print::default(); BRANCH];
                 }
                 let (lo, hi) = (units[u].0, units[u].1);
-                parts[u][part_of(lo, hi, it.kh)].add(it.ih);
+                parts[u][part_of(lo, hi, it.kh)].add(it.ih());
             }
             Plan::Compare => {
                 let Theirs::Items(theirs) = &units[u].2 else {
                     continue;
                 };
                 match theirs.get(&it.kh) {
-                    Some(ih) if *ih == it.ih => {
+                    Some(ih) if *ih == it.ih() => {
                         matched[u].insert(it.kh);
                     }
                     Some(_) => {
@@ -542,7 +559,7 @@ mod tests {
     /// Runs a session between two dictionaries, moving versions across as
     /// the messages say; returns the rounds and the items moved.
     fn reconcile(a: &mut Dict, b: &mut Dict) -> (usize, usize) {
-        let mut msg = open(a);
+        let mut msg = open(a, false).0;
         let mut rounds = 0;
         let mut moved = 0;
         let (mut from, mut to) = (&mut *a, &mut *b);

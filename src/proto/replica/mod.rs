@@ -259,7 +259,7 @@ impl Replica {
         let ours = {
             let d = self.lock();
             match d.map.get(key) {
-                Some(e) => (*e.slot().owner == *mesh.id()).then(|| e.slot().timestamp),
+                Some(e) => (**e.owner() == *mesh.id()).then(|| e.timestamp()),
                 None => d
                     .tombs
                     .get(key)
@@ -378,13 +378,12 @@ impl Replica {
                     // Keys changed or deleted since the snapshot are sent
                     // as they are now (live broadcasts carry the rest).
                     if let Some(e) = d.map.get(key) {
-                        let s = e.slot();
                         items.push(TransferItem::new(
                             key,
                             e.value_bytes(),
-                            &s.owner,
-                            s.timestamp,
-                            job.rs2p.then_some(s.since),
+                            e.owner(),
+                            e.timestamp(),
+                            job.rs2p.then(|| e.since()),
                         ));
                     } else if job.rs2p {
                         if let Some(t) = d.tombs.get(key) {
@@ -526,8 +525,13 @@ impl Replica {
         let item = {
             let d = self.lock();
             let Some(e) = d.map.get(key) else { return };
-            let s = e.slot();
-            TransferItem::new(key, e.value_bytes(), &s.owner, s.timestamp, Some(s.since))
+            TransferItem::new(
+                key,
+                e.value_bytes(),
+                e.owner(),
+                e.timestamp(),
+                Some(e.since()),
+            )
         };
         send_transfer(mesh, conn, &[item], now);
     }

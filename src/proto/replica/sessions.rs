@@ -90,11 +90,7 @@ impl Replica {
                 opened: now.elapsed,
             },
         );
-        let (ranges, sketch) = {
-            let d = self.lock();
-            let sketch = with_sketch.then(|| reconcile::sketch(&d)).flatten();
-            (reconcile::open(&d), sketch)
-        };
+        let (ranges, sketch) = reconcile::open(&self.lock(), with_sketch);
         send_sync(mesh, conn, id, &ranges, sketch.as_ref(), now);
     }
 
