@@ -42,6 +42,7 @@ pub mod replica;
 pub mod seen;
 pub mod sketch;
 pub mod sync;
+mod table;
 #[cfg(test)]
 mod tests;
 

@@ -10,43 +10,30 @@ use std::hash::BuildHasher;
 
 use hashbrown::HashTable;
 
-/// An entry that knows its key.
-pub(crate) trait Keyed {
-    fn key(&self) -> &[u8];
+/// An entry that can tell its key, given where keys are kept (`C`: the
+/// table's record arena for the dictionary's entries, `()` for entries
+/// that hold their own).
+pub(crate) trait Keyed<C: ?Sized> {
+    fn key<'a>(&'a self, keys: &'a C) -> &'a [u8];
 }
 
 /// Holes tolerated before compaction is considered.
 const MIN_HOLES: usize = 32;
 
-/// Where a live entry is, and 32 bits of its key's hash: growing the index
-/// rehashes from these without reading the entry (a cache miss and a
-/// SipHash of its key each, which made up a third of a 1,000,000-key
-/// join), and a lookup compares them before it compares keys.
-#[derive(Clone, Copy)]
-struct Pos {
-    at: u32,
-    hash: u32,
-}
-
-impl Pos {
-    /// The index's hash: the 32 bits twice, so that hashbrown's bucket
-    /// (low bits) and control byte (top 7 bits) both come from them.
-    fn spread(self) -> u64 {
-        spread(self.hash)
-    }
-}
-
-fn spread(hash: u32) -> u64 {
-    (u64::from(hash) << 32) | u64::from(hash)
-}
-
 /// Entries in insertion order, found by key. Holds at most `u32::MAX`
 /// slots (positions are 32-bit): an insert past that is refused.
+///
+/// The index holds bare 32-bit positions (4 bytes and a control byte per
+/// bucket; a million keys sit in 2^21 buckets). It is grown by rebuilding
+/// it from the slots in order, so that the keys are read and hashed in the
+/// order they are stored (hashbrown's own rehash visits its buckets in
+/// hash order: a cache miss and a SipHash per entry, a third of a
+/// 1,000,000-key join when it did).
 pub(crate) struct Ordered<E> {
     /// Entries in insertion order; `None` where one was removed.
     slots: Vec<Option<E>>,
     /// Positions in `slots` of the live entries, by key hash.
-    index: HashTable<Pos>,
+    index: HashTable<u32>,
     /// SipHash with secret keys: keys come from the network.
     hasher: HashKeys,
     /// Live entries.
@@ -112,131 +99,9 @@ impl<E> Default for Ordered<E> {
     }
 }
 
-impl<E: Keyed> Ordered<E> {
+impl<E> Ordered<E> {
     pub fn len(&self) -> usize {
         self.live
-    }
-
-    /// The 32 bits of a key's hash the index keeps.
-    fn hash(&self, key: &[u8]) -> u32 {
-        // The high half: SipHash's bits are all equally good.
-        (self.hasher.hash_one(key) >> 32) as u32
-    }
-
-    fn position(&self, key: &[u8]) -> Option<usize> {
-        if self.live == 0 {
-            return None;
-        }
-        self.position_hashed(key, self.hash(key))
-    }
-
-    fn position_hashed(&self, key: &[u8], hash: u32) -> Option<usize> {
-        let slots = &self.slots;
-        self.index
-            .find(spread(hash), |p| p.hash == hash && holds(slots, p.at, key))
-            .map(|p| p.at as usize)
-    }
-
-    pub fn get(&self, key: &[u8]) -> Option<&E> {
-        self.position(key).and_then(|i| self.slots[i].as_ref())
-    }
-
-    // Used by the tokio shell (feature `net`).
-    #[cfg_attr(not(feature = "net"), allow(dead_code))]
-    pub fn contains_key(&self, key: &[u8]) -> bool {
-        self.position(key).is_some()
-    }
-
-    /// Inserts an entry; one with the same key is replaced in its place,
-    /// as in a Python dict. Returns the entry that is not in the map
-    /// afterwards: the one replaced, or this one if the map already has
-    /// `u32::MAX` slots.
-    pub fn insert(&mut self, entry: E) -> Option<E> {
-        let hash = self.hash(entry.key());
-        if let Some(i) = self.position_hashed(entry.key(), hash) {
-            return self.slots[i].replace(entry);
-        }
-        if u32::try_from(self.slots.len()).is_err() {
-            self.compact();
-        }
-        let Ok(at) = u32::try_from(self.slots.len()) else {
-            return Some(entry);
-        };
-        self.slots.push(Some(entry));
-        self.live += 1;
-        self.index
-            .insert_unique(spread(hash), Pos { at, hash }, |p| p.spread());
-        None
-    }
-
-    /// Removes and returns the entry of a key; the others keep their order.
-    pub fn remove(&mut self, key: &[u8]) -> Option<E> {
-        if self.live == 0 {
-            return None;
-        }
-        let hash = self.hash(key);
-        let slots = &self.slots;
-        let found = self
-            .index
-            .find_entry(spread(hash), |p| p.hash == hash && holds(slots, p.at, key))
-            .ok()?;
-        let (p, _) = found.remove();
-        self.take(p.at as usize)
-    }
-
-    /// Removes and returns the oldest entry.
-    pub fn pop_first(&mut self) -> Option<E> {
-        let i = self.head + self.slots[self.head..].iter().position(Option::is_some)?;
-        let hash = self.hash(self.slots[i].as_ref()?.key());
-        if let Ok(found) = self.index.find_entry(spread(hash), |p| p.at as usize == i) {
-            found.remove();
-        }
-        self.take(i)
-    }
-
-    /// Takes the entry at `slots[i]`, already out of the index.
-    fn take(&mut self, i: usize) -> Option<E> {
-        let entry = self.slots[i].take();
-        self.live -= 1;
-        self.tidy();
-        entry
-    }
-
-    /// Drops holes at both ends, and compacts when holes outnumber entries.
-    fn tidy(&mut self) {
-        while self.slots.last().is_some_and(Option::is_none) {
-            self.slots.pop();
-        }
-        while self.head < self.slots.len() && self.slots[self.head].is_none() {
-            self.head += 1;
-        }
-        self.head = self.head.min(self.slots.len());
-        let holes = self.slots.len() - self.live;
-        if holes > MIN_HOLES && holes > self.live {
-            self.compact();
-        }
-    }
-
-    /// Hashes every key again under `keys` from now on.
-    pub fn rekey(&mut self, keys: HashKeys) {
-        self.hasher = keys;
-        self.compact();
-    }
-
-    fn compact(&mut self) {
-        self.slots.retain(Option::is_some);
-        self.slots.shrink_to(self.slots.len().max(MIN_HOLES) * 2);
-        self.head = 0;
-        self.index.clear();
-        for i in 0..self.slots.len() {
-            // Compacted slots are all live, and fewer than before.
-            let (Ok(at), Some(e)) = (u32::try_from(i), self.slots[i].as_ref()) else {
-                continue;
-            };
-            let hash = self.hash(e.key());
-            self.index
-                .insert_unique(spread(hash), Pos { at, hash }, |p| p.spread());
-        }
     }
 
     /// The entries, oldest first.
@@ -254,14 +119,197 @@ impl<E: Keyed> Ordered<E> {
         // Trailing holes are always dropped.
         self.slots.last().and_then(Option::as_ref)
     }
+
+    fn hash(&self, key: &[u8]) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    fn position<C: ?Sized>(&self, key: &[u8], keys: &C) -> Option<usize>
+    where
+        E: Keyed<C>,
+    {
+        if self.live == 0 {
+            return None;
+        }
+        let slots = &self.slots;
+        self.index
+            .find(self.hash(key), |&at| holds(slots, at, key, keys))
+            .map(|&at| at as usize)
+    }
+
+    pub fn get<C: ?Sized>(&self, key: &[u8], keys: &C) -> Option<&E>
+    where
+        E: Keyed<C>,
+    {
+        self.position(key, keys)
+            .and_then(|i| self.slots[i].as_ref())
+    }
+
+    pub fn get_mut<C: ?Sized>(&mut self, key: &[u8], keys: &C) -> Option<&mut E>
+    where
+        E: Keyed<C>,
+    {
+        self.position(key, keys)
+            .and_then(|i| self.slots[i].as_mut())
+    }
+
+    // Used by the tokio shell (feature `net`).
+    #[cfg_attr(not(feature = "net"), allow(dead_code))]
+    pub fn contains_key<C: ?Sized>(&self, key: &[u8], keys: &C) -> bool
+    where
+        E: Keyed<C>,
+    {
+        self.position(key, keys).is_some()
+    }
+
+    /// Inserts an entry; one with the same key is replaced in its place,
+    /// as in a Python dict. Returns the entry that is not in the map
+    /// afterwards: the one replaced, or this one if the map already has
+    /// `u32::MAX` slots.
+    pub fn insert<C: ?Sized>(&mut self, entry: E, keys: &C) -> Option<E>
+    where
+        E: Keyed<C>,
+    {
+        let hash = self.hash(entry.key(keys));
+        let slots = &self.slots;
+        if let Some(&at) = self
+            .index
+            .find(hash, |&at| holds(slots, at, entry.key(keys), keys))
+        {
+            return self.slots[at as usize].replace(entry);
+        }
+        if u32::try_from(self.slots.len()).is_err() {
+            self.compact(keys);
+        }
+        let Ok(at) = u32::try_from(self.slots.len()) else {
+            return Some(entry);
+        };
+        if self.index.len() >= self.index.capacity() {
+            self.rebuild(self.live.max(8) * 2, keys);
+        }
+        self.slots.push(Some(entry));
+        self.live += 1;
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        self.index.insert_unique(hash, at, |&at| {
+            hasher.hash_one(key_at(slots, at, keys).unwrap_or_default())
+        });
+        None
+    }
+
+    /// Removes and returns the entry of a key; the others keep their order.
+    pub fn remove<C: ?Sized>(&mut self, key: &[u8], keys: &C) -> Option<E>
+    where
+        E: Keyed<C>,
+    {
+        if self.live == 0 {
+            return None;
+        }
+        let hash = self.hash(key);
+        let slots = &self.slots;
+        let found = self
+            .index
+            .find_entry(hash, |&at| holds(slots, at, key, keys))
+            .ok()?;
+        let (at, _) = found.remove();
+        self.take(at as usize, keys)
+    }
+
+    /// Removes and returns the oldest entry.
+    pub fn pop_first<C: ?Sized>(&mut self, keys: &C) -> Option<E>
+    where
+        E: Keyed<C>,
+    {
+        let i = self.head + self.slots[self.head..].iter().position(Option::is_some)?;
+        let hash = self.hash(self.slots[i].as_ref()?.key(keys));
+        if let Ok(found) = self.index.find_entry(hash, |&at| at as usize == i) {
+            found.remove();
+        }
+        self.take(i, keys)
+    }
+
+    /// Takes the entry at `slots[i]`, already out of the index.
+    fn take<C: ?Sized>(&mut self, i: usize, keys: &C) -> Option<E>
+    where
+        E: Keyed<C>,
+    {
+        let entry = self.slots[i].take();
+        self.live -= 1;
+        self.tidy(keys);
+        entry
+    }
+
+    /// Drops holes at both ends, and compacts when holes outnumber entries.
+    fn tidy<C: ?Sized>(&mut self, keys: &C)
+    where
+        E: Keyed<C>,
+    {
+        while self.slots.last().is_some_and(Option::is_none) {
+            self.slots.pop();
+        }
+        while self.head < self.slots.len() && self.slots[self.head].is_none() {
+            self.head += 1;
+        }
+        self.head = self.head.min(self.slots.len());
+        let holes = self.slots.len() - self.live;
+        if holes > MIN_HOLES && holes > self.live {
+            self.compact(keys);
+        }
+    }
+
+    /// Hashes every key again under `hasher` from now on.
+    pub fn rekey<C: ?Sized>(&mut self, hasher: HashKeys, keys: &C)
+    where
+        E: Keyed<C>,
+    {
+        self.hasher = hasher;
+        self.compact(keys);
+    }
+
+    fn compact<C: ?Sized>(&mut self, keys: &C)
+    where
+        E: Keyed<C>,
+    {
+        self.slots.retain(Option::is_some);
+        self.slots.shrink_to(self.slots.len().max(MIN_HOLES) * 2);
+        self.head = 0;
+        self.rebuild(self.live, keys);
+    }
+
+    /// A new index for at least `capacity` entries, filled from the slots
+    /// in order.
+    fn rebuild<C: ?Sized>(&mut self, capacity: usize, keys: &C)
+    where
+        E: Keyed<C>,
+    {
+        let mut index = HashTable::with_capacity(capacity.max(self.live));
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        let rehash = |&at: &u32| hasher.hash_one(key_at(slots, at, keys).unwrap_or_default());
+        for (i, slot) in slots.iter().enumerate().skip(self.head) {
+            // Positions fit: `insert` keeps slots under u32::MAX.
+            let (Some(e), Ok(at)) = (slot, u32::try_from(i)) else {
+                continue;
+            };
+            index.insert_unique(hasher.hash_one(e.key(keys)), at, rehash);
+        }
+        self.index = index;
+    }
 }
 
-/// Whether `slots[at]` holds the entry of `key`.
-fn holds<E: Keyed>(slots: &[Option<E>], at: u32, key: &[u8]) -> bool {
+/// The key of `slots[at]`, if it holds an entry.
+fn key_at<'a, E: Keyed<C>, C: ?Sized>(
+    slots: &'a [Option<E>],
+    at: u32,
+    keys: &'a C,
+) -> Option<&'a [u8]> {
     slots
         .get(at as usize)
         .and_then(Option::as_ref)
-        .is_some_and(|e| e.key() == key)
+        .map(|e| e.key(keys))
+}
+
+/// Whether `slots[at]` holds the entry of `key`.
+fn holds<E: Keyed<C>, C: ?Sized>(slots: &[Option<E>], at: u32, key: &[u8], keys: &C) -> bool {
+    key_at(slots, at, keys) == Some(key)
 }
 
 #[cfg(test)]
@@ -269,8 +317,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    impl Keyed for (Vec<u8>, u32) {
-        fn key(&self) -> &[u8] {
+    impl Keyed<()> for (Vec<u8>, u32) {
+        fn key(&self, _: &()) -> &[u8] {
             &self.0
         }
     }
@@ -302,7 +350,7 @@ mod tests {
                 match op {
                     Op::Insert(k, v) => {
                         let key = vec![k];
-                        let old = m.insert((key.clone(), v));
+                        let old = m.insert((key.clone(), v), &());
                         let pos = model.iter().position(|e| e.0 == key);
                         let want = pos.map(|p| std::mem::replace(&mut model[p], (key, v)));
                         if pos.is_none() {
@@ -311,25 +359,25 @@ mod tests {
                         prop_assert_eq!(old, want);
                     }
                     Op::Remove(k) => {
-                        let got = m.remove(&[k]);
+                        let got = m.remove(&[k], &());
                         let want = model.iter().position(|e| e.0 == [k]).map(|p| model.remove(p));
                         prop_assert_eq!(got, want);
                     }
                     Op::PopFirst => {
                         let want = if model.is_empty() { None } else { Some(model.remove(0)) };
-                        prop_assert_eq!(m.pop_first(), want);
+                        prop_assert_eq!(m.pop_first(&()), want);
                     }
                     Op::Rekey(seed) => {
                         let keys = HashKeys::from_seed(seed);
-                        m.rekey(keys);
-                        prop_assert_eq!(m.hash(b"k"), (keys.hash_one(b"k".as_slice()) >> 32) as u32);
+                        m.rekey(keys, &());
+                        prop_assert_eq!(m.hash(b"k"), keys.hash_one(b"k".as_slice()));
                     }
                 }
                 prop_assert_eq!(m.len(), model.len());
                 prop_assert!(m.iter().eq(model.iter()));
                 prop_assert_eq!(m.last(), model.last());
                 for k in 0..64u8 {
-                    prop_assert_eq!(m.get(&[k]), model.iter().find(|e| e.0 == [k]));
+                    prop_assert_eq!(m.get(&[k], &()), model.iter().find(|e| e.0 == [k]));
                 }
             }
         }
@@ -355,16 +403,16 @@ mod tests {
         let mut m: Ordered<(Vec<u8>, u32)> = Ordered::default();
         let n = 200_000u32;
         for i in 0..n {
-            m.insert((i.to_be_bytes().to_vec(), i));
+            m.insert((i.to_be_bytes().to_vec(), i), &());
         }
         // From the middle outwards, then the rest from the front: with a
         // shifting remove this is quadratic (minutes); here it is linear.
         for i in (n / 4..3 * n / 4).rev() {
-            assert_eq!(m.remove(&i.to_be_bytes()).map(|e| e.1), Some(i));
+            assert_eq!(m.remove(&i.to_be_bytes(), &()).map(|e| e.1), Some(i));
         }
         assert!(m.slots.len() <= 2 * m.len() + MIN_HOLES + 1);
         let mut left = Vec::new();
-        while let Some(e) = m.pop_first() {
+        while let Some(e) = m.pop_first(&()) {
             left.push(e.1);
         }
         let want: Vec<u32> = (0..n / 4).chain(3 * n / 4..n).collect();

@@ -27,7 +27,7 @@
 
 use std::collections::HashMap;
 
-use super::dict::{key_hash, Dict, Entry, Tomb};
+use super::dict::{key_hash, Dict, EntryRef, Tomb};
 use super::sketch::Sketch;
 use crate::value::Value;
 use crate::wire::flags::sub;
@@ -120,7 +120,7 @@ struct Item<'a> {
 }
 
 enum Of<'a> {
-    Entry(&'a Entry),
+    Entry(EntryRef<'a>),
     Tomb(&'a Tomb),
 }
 

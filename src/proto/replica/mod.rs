@@ -259,10 +259,10 @@ impl Replica {
         let ours = {
             let d = self.lock();
             match d.map.get(key) {
-                Some(e) => (**e.owner() == *mesh.id()).then(|| e.timestamp()),
+                Some(e) => (e.owner() == mesh.id()).then(|| e.timestamp()),
                 None => d
                     .tombs
-                    .get(key)
+                    .get(key, &())
                     .filter(|t| t.meta.owner == mesh.id())
                     .map(|t| t.meta.timestamp),
             }
@@ -386,7 +386,7 @@ impl Replica {
                             job.rs2p.then(|| e.since()),
                         ));
                     } else if job.rs2p {
-                        if let Some(t) = d.tombs.get(key) {
+                        if let Some(t) = d.tombs.get(key, &()) {
                             items.push(TransferItem::new(
                                 key,
                                 NIL,
