@@ -208,6 +208,7 @@ impl Mesh {
         }
         let mut frames: Vec<(Framing, Bytes)> = Vec::new();
         for conn in targets {
+            self.tell_neighbours(conn, now);
             let framing = self.framing(conn, packed.body().len());
             let frame = match frames.iter().find(|(m, _)| *m == framing) {
                 Some((_, f)) => f.clone(),

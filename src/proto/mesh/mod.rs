@@ -99,8 +99,10 @@ struct Link {
     /// first copy: when it leaves the tree (see `PRUNE_USEFUL_AFTER`).
     dup_streak: u32,
     delivered_first: bool,
-    /// The neighbour list last sent on this link.
+    /// The neighbour list last sent on this link, and the
+    /// `Mesh::neighbours_epoch` it was checked at.
     told_neighbours: Option<Vec<Vec<u8>>>,
+    told_epoch: u64,
     /// When a frame last arrived, and whether the silence since was probed.
     last_recv: Duration,
     probed: bool,
@@ -142,6 +144,7 @@ impl Link {
             dup_streak: 0,
             delivered_first: false,
             told_neighbours: None,
+            told_epoch: 0,
             last_recv: now.elapsed,
             probed: false,
             neighbours: HashSet::new(),
@@ -247,6 +250,19 @@ pub struct Mesh {
     out: VecDeque<Output>,
     /// The broadcast tree between rs2p peers.
     tree: tree::Tree,
+    /// Counts changes of our neighbours (a link's `told_epoch` behind it:
+    /// the peer may hold an old list), and the lists for rs2p peers (all
+    /// neighbours; those out of the tree) since the last change.
+    neighbours_epoch: u64,
+    neighbour_lists: Option<NeighbourLists>,
+}
+
+/// Our neighbour lists for rs2p peers.
+struct NeighbourLists {
+    /// Every neighbour.
+    all: Vec<Vec<u8>>,
+    /// The neighbours out of the broadcast tree.
+    outside: Vec<Vec<u8>>,
 }
 
 fn bytes_text(b: &[u8]) -> String {
@@ -278,6 +294,8 @@ impl Mesh {
             rng,
             out: VecDeque::new(),
             tree: tree::Tree::default(),
+            neighbours_epoch: 1,
+            neighbour_lists: None,
         }
     }
 

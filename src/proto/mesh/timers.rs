@@ -41,7 +41,7 @@ impl Mesh {
             return;
         }
         self.routing.remove(&peer_id);
-        self.announce_neighbours(now);
+        self.neighbours_changed();
         tracing::info!(peer = %bytes_text(&peer_id), %reason, "peer left");
         self.push(Output::Event(Event::PeerLeft {
             id: peer_id.clone(),

@@ -386,6 +386,7 @@ impl Mesh {
             self.tree.gaps.push(conn);
         }
         for packed in wanted {
+            self.tell_neighbours(conn, now);
             self.send_packed(conn, &packed, now);
         }
     }

@@ -343,3 +343,55 @@ fn an_older_creator_is_relayed_for_as_before() {
     });
     assert!(all || got_all, "C got A's writes through B");
 }
+
+#[test]
+fn a_neighbour_list_goes_out_just_before_the_next_broadcast_only() {
+    use crate::wire::flags::compression::{RS2P_CREATOR_PUSH, RS2P_MARKER, RS2P_TREE};
+    let mut net = Net::new(&["A"]);
+    let peer = tree_peer(&mut net, &[RS2P_MARKER, RS2P_TREE, RS2P_CREATOR_PUSH]);
+    // A's neighbours change twice; nothing is broadcast yet.
+    let q = net.fake(0, "Q", crate::proto::PeerKind::Rs, 11);
+    let p = net.fake(0, "P", crate::proto::PeerKind::Py, 12);
+    let lists = |net: &Net| -> Vec<(usize, Value)> {
+        sent_to(net, 0, &peer)
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.sub_flag() == Some(sub::RS2P_NEIGHBOURS))
+            .map(|(i, m)| (i, m.payload.get(1).cloned().unwrap_or(Value::Nil)))
+            .collect()
+    };
+    let ids = |ids: &[&str]| {
+        Value::Array(
+            ids.iter()
+                .map(|i| Value::Bin(i.as_bytes().to_vec()))
+                .collect(),
+        )
+    };
+    assert!(lists(&net).is_empty(), "no list without a broadcast");
+    fill(&mut net, 0, ["one".to_string()]);
+    let sent = sent_to(&net, 0, &peer);
+    let told = lists(&net);
+    assert_eq!(told.len(), 1, "one list, with the first broadcast");
+    assert_eq!(
+        sent[told[0].0 + 1].msg_type,
+        main::BROADCAST,
+        "right before it"
+    );
+    // Every neighbour of A, the peer itself included.
+    assert_eq!(told[0].1, ids(&["P", "Q", "R"]));
+    // Nothing changed since: the next broadcast goes without a list.
+    fill(&mut net, 0, ["two".to_string()]);
+    assert_eq!(lists(&net).len(), 1);
+    // Q and P leave: the list goes out again, before the next broadcast.
+    let now = net.now;
+    for f in [&q, &p] {
+        net.wires.remove(&(0, f.conn));
+        net.nodes[0].handle_closed(f.conn, "reset", now);
+    }
+    net.settle();
+    assert_eq!(lists(&net).len(), 1);
+    fill(&mut net, 0, ["three".to_string()]);
+    let told = lists(&net);
+    assert_eq!(told.len(), 2);
+    assert_eq!(told[1].1, ids(&["R"]));
+}
