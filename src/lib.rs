@@ -88,8 +88,9 @@
 //!   value 0x2b ([`wire::Framing::Bare`]; the receiver computes the
 //!   checksum, which is the message id, itself);
 //! - tells its rs2p peers who its neighbours are (a whisper with the
-//!   rs2p-only sub-flag [`wire::flags::sub::RS2P_NEIGHBOURS`], sent whenever
-//!   its routing table changes, before anything else) and does not relay a
+//!   rs2p-only sub-flag [`wire::flags::sub::RS2P_NEIGHBOURS`], sent after its
+//!   routing table changed, just before the next broadcast it sends that
+//!   peer) and does not relay a
 //!   broadcast received from an rs2p peer to that peer's neighbours: the
 //!   peer has sent it to them itself. In a mesh of rs2p nodes this removes
 //!   most duplicate deliveries (at 16 nodes, about half the CPU time per

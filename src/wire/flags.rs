@@ -64,9 +64,9 @@ pub mod sub {
     pub const DELTA: u8 = 0x11;
     /// Not in protocol 0.7: an rs2p node's list of its neighbours' ids,
     /// whispered only to rs2p peers (recognised by
-    /// [`RS2P_MARKER`](super::compression::RS2P_MARKER)) whenever that list
-    /// changes, so that they need not relay to those neighbours what it
-    /// relays to them.
+    /// [`RS2P_MARKER`](super::compression::RS2P_MARKER)) after that list
+    /// changed, just before the next broadcast it sends them, so that they
+    /// need not relay to those neighbours what it relays to them.
     pub const RS2P_NEIGHBOURS: u8 = 0x2f;
     /// Not in protocol 0.7: a set-reconciliation message between rs2p
     /// nodes (`[0x2e, session, ranges]`, see `proto::reconcile`).
