@@ -1,5 +1,5 @@
 //! The dictionary ([`Dict`]): entries, tombstones, and the write and merge
-//! rules applied to them. The entries' storage is [`Table`]
+//! rules applied to them. The entries' storage is `Table`
 //! (`proto/table.rs`).
 
 use super::ordered::{HashKeys, Keyed, Ordered};
