@@ -432,7 +432,7 @@ impl Owners {
         let Some(e) = self.ids.get_mut(o.index()) else {
             return;
         };
-        e.1 -= 1;
+        e.1 = e.1.saturating_sub(1);
         if e.1 > 0 {
             return;
         }
