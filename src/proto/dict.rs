@@ -209,37 +209,34 @@ impl Dict {
     /// Loads an entry (or, with `None`, a tombstone) as a store kept it.
     pub fn load(&mut self, key: &[u8], value: Option<&Value>, meta: Meta, since: i64) {
         match value {
-            Some(v) => {
-                let times = Times {
-                    timestamp: meta.timestamp,
-                    since,
-                };
-                self.map.insert(key, v, &meta.owner, times);
-            }
-            None => {
-                self.tombs.insert(
-                    Tomb {
-                        key: key.into(),
-                        meta,
-                        since,
-                    },
-                    &(),
-                );
-            }
+            Some(v) => self.put(key, v, &meta, since),
+            None => self.entomb(key, meta, since),
         }
+    }
+
+    /// Stores a value with its version.
+    fn put(&mut self, key: &[u8], value: &Value, meta: &Meta, since: i64) {
+        let times = Times {
+            timestamp: meta.timestamp,
+            since,
+        };
+        self.map.insert(key, value, &meta.owner, times);
+    }
+
+    /// Adds a tombstone (last in the order).
+    fn entomb(&mut self, key: &[u8], meta: Meta, since: i64) {
+        let tomb = Tomb {
+            key: key.into(),
+            meta,
+            since,
+        };
+        self.tombs.insert(tomb, &());
     }
 
     fn bury(&mut self, key: &[u8], meta: Meta, since: i64, now: i64) {
         // A newer delete goes to the end: tombstones stay in time order.
         self.tombs.remove(key, &());
-        self.tombs.insert(
-            Tomb {
-                key: key.into(),
-                meta,
-                since,
-            },
-            &(),
-        );
+        self.entomb(key, meta, since);
         while self.tombs.len() > MAX_TOMBSTONES
             || self
                 .tombs
@@ -283,11 +280,7 @@ impl Dict {
             }
         } else {
             self.tombs.remove(key, &());
-            let times = Times {
-                timestamp: meta.timestamp,
-                since,
-            };
-            self.map.insert(key, value, &meta.owner, times);
+            self.put(key, value, meta, since);
             Changed::Set
         };
         Ok((changed, since))
@@ -330,11 +323,7 @@ impl Dict {
             }
         } else {
             self.tombs.remove(key, &());
-            let times = Times {
-                timestamp: version.meta.timestamp,
-                since: version.since,
-            };
-            self.map.insert(key, value, &version.meta.owner, times);
+            self.put(key, value, &version.meta, version.since);
             Changed::Set
         }
     }
