@@ -29,13 +29,18 @@ use crate::proto::sync::Meta;
 use crate::value::Value;
 use crate::wire::{msgpack, Limits};
 
-/// Appends `n` as LEB128 (7 bits a byte, low first).
-fn put_varint(buf: &mut Vec<u8>, mut n: u64) {
+/// Emits `n` as LEB128 (7 bits a byte, low first), a byte at a time.
+fn varint(mut n: u64, mut emit: impl FnMut(u8)) {
     while n >= 0x80 {
-        buf.push((n as u8) | 0x80);
+        emit((n as u8) | 0x80);
         n >>= 7;
     }
-    buf.push(n as u8);
+    emit(n as u8);
+}
+
+/// Appends `n` as LEB128.
+fn put_varint(buf: &mut Vec<u8>, n: u64) {
+    varint(n, |b| buf.push(b));
 }
 
 /// Reads a LEB128 number at `*at`, moving `*at` past it. Only reads what
@@ -194,18 +199,14 @@ impl Head {
         self.len += b.len();
     }
 
-    fn varint(&mut self, mut n: u64) {
-        while n >= 0x80 {
-            self.put(&[(n as u8) | 0x80]);
-            n >>= 7;
-        }
-        self.put(&[n as u8]);
+    fn varint(&mut self, n: u64) {
+        varint(n, |b| self.put(&[b]));
     }
 }
 
-/// Appends the record of `key`, `times` and an encoded value to `buf`.
-fn encode_record(buf: &mut Vec<u8>, key: &[u8], times: Times, value: &[u8]) {
-    let head = Head::new(key.len(), times);
+/// Appends the record of `key` (whose head is `head`) and an encoded
+/// value to `buf`.
+fn encode_record(buf: &mut Vec<u8>, head: &Head, key: &[u8], value: &[u8]) {
     put_varint(buf, (head.len + key.len() + value.len()) as u64);
     buf.extend_from_slice(&head.bytes[..head.len]);
     buf.extend_from_slice(key);
@@ -300,31 +301,33 @@ impl Records {
         (n, retired)
     }
 
-    /// Stores an encoded record; returns where, and a chunk retired from
-    /// being the tail (to be checked by [`Table::settle`]).
-    fn push(&mut self, record: &[u8]) -> (At, Option<u32>) {
-        let (n, retired) = self.room(record.len());
+    /// Appends a record of `len` bytes, which `write` puts at the end of
+    /// the chunk it is given. Returns where it went, and a chunk retired
+    /// from being the tail (emptied by the caller when under half live).
+    fn append(&mut self, len: usize, write: impl FnOnce(&mut Vec<u8>)) -> (At, Option<u32>) {
+        let (n, retired) = self.room(len);
         let c = &mut self.chunks[n as usize];
         // Chunks hold at most CHUNK_MAX bytes, or one record (whose length
         // fits a frame, far below 4 GiB).
         let offset = u32::try_from(c.bytes.len()).unwrap_or(u32::MAX);
-        c.bytes.extend_from_slice(record);
-        c.live += record.len();
-        self.live += record.len();
+        write(&mut c.bytes);
+        debug_assert_eq!(c.bytes.len() - offset as usize, len);
+        c.live += len;
+        self.live += len;
         (At { chunk: n, offset }, retired)
+    }
+
+    /// Stores a record as it is (one moved out of a chunk being emptied).
+    fn push(&mut self, record: &[u8]) -> (At, Option<u32>) {
+        self.append(record.len(), |b| b.extend_from_slice(record))
     }
 
     /// Stores the record of a key, its times and its encoded value.
     fn push_new(&mut self, key: &[u8], times: Times, value: &[u8]) -> (At, Option<u32>) {
-        let rest = Head::new(key.len(), times).len + key.len() + value.len();
+        let head = Head::new(key.len(), times);
+        let rest = head.len + key.len() + value.len();
         let len = varint_len(rest as u64) + rest;
-        let (n, retired) = self.room(len);
-        let c = &mut self.chunks[n as usize];
-        let offset = u32::try_from(c.bytes.len()).unwrap_or(u32::MAX);
-        encode_record(&mut c.bytes, key, times, value);
-        c.live += len;
-        self.live += len;
-        (At { chunk: n, offset }, retired)
+        self.append(len, |b| encode_record(b, &head, key, value))
     }
 
     /// Marks a record dead. Returns its chunk when that should be
