@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
@@ -32,6 +33,9 @@ pub(crate) enum ConnEvent {
 /// closes the socket.
 pub(crate) struct ConnHandle {
     tx: mpsc::Sender<Bytes>,
+    /// The stream itself, written at once while nothing is queued
+    /// ([`Io::inline`]).
+    inline: Option<Arc<OwnedWriteHalf>>,
     /// Bytes queued and not yet written, bounded by `max_queued`.
     queued: Arc<AtomicUsize>,
     max_queued: usize,
@@ -86,10 +90,30 @@ impl ConnHandle {
         (frames, idle_ms)
     }
 
-    /// Queues a frame without waiting.
-    pub(crate) fn send(&self, frame: Bytes) -> Result<(), SendError> {
+    /// Sends a frame without waiting: written at once when the stream
+    /// takes it, else queued for the writer task.
+    pub(crate) fn send(&self, mut frame: Bytes) -> Result<(), SendError> {
+        // Nothing queued means the writer task holds no frame and will not
+        // write until it is handed one (it counts a frame off only once
+        // written), so this write cannot interleave with one of its own.
+        // Written here, a frame leaves in the actor's turn, instead of
+        // waking the writer task, often on the other worker thread.
+        let queued = self.queued.load(Ordering::Acquire);
+        if queued == 0 {
+            if let Some(stream) = &self.inline {
+                match stream.try_write(&frame) {
+                    Ok(n) if n == frame.len() => {
+                        self.progress.store(now_ms(), Ordering::Relaxed);
+                        return Ok(());
+                    }
+                    Ok(n) => frame.advance(n),
+                    // Full (the writer task waits for room) or broken (the
+                    // writer task meets the error too and reports it).
+                    Err(_) => {}
+                }
+            }
+        }
         let len = frame.len();
-        let queued = self.queued.load(Ordering::Relaxed);
         if queued + len > self.max_queued {
             return Err(SendError::Full);
         }
@@ -161,6 +185,7 @@ pub(crate) fn spawn(
     let Io {
         read: mut rd,
         write: mut wr,
+        inline,
         peer,
     } = io;
     let peer: SocketAddr = peer;
@@ -200,7 +225,7 @@ pub(crate) fn spawn(
                 }
                 (wr.write(&batch).await, batch.len())
             };
-            written.fetch_sub(len, Ordering::Relaxed);
+            written.fetch_sub(len, Ordering::Release);
             progressed.store(now_ms(), Ordering::Relaxed);
             drained.notify_waiters();
             if let Err(e) = res {
@@ -218,6 +243,7 @@ pub(crate) fn spawn(
 
     ConnHandle {
         tx,
+        inline,
         queued,
         max_queued: settings.queue_bytes,
         progress,

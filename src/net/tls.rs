@@ -145,6 +145,7 @@ where
     Io {
         read: Box::new(r),
         write: Box::new(FlushWrite(w)),
+        inline: None,
         peer,
     }
 }

@@ -5,8 +5,10 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncRead;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 
 /// A boxed future, for the object-safe traits below.
@@ -26,6 +28,11 @@ pub(crate) trait FrameWrite: Send {
 pub(crate) struct Io {
     pub read: BoxRead,
     pub write: Box<dyn FrameWrite>,
+    /// The same stream as `write`, for a write made at once by the actor
+    /// while nothing is queued for the writer task (plain TCP only: TLS and
+    /// WebSocket frame and buffer what they send, so they go through the
+    /// writer task).
+    pub inline: Option<Arc<OwnedWriteHalf>>,
     pub peer: SocketAddr,
 }
 
@@ -37,15 +44,31 @@ pub(crate) trait Transport: Send + Sync + 'static {
     fn connect(&self, host: String, port: u16) -> BoxFuture<'static, io::Result<Io>>;
 }
 
-/// Writes items to any byte stream.
-pub(crate) struct StreamWrite<W>(pub W);
+/// Writes items to a TCP stream shared with the actor's inline writes
+/// (see [`Io::inline`]); the two never write at the same time, as the
+/// actor writes only while this side has nothing queued.
+pub(crate) struct SharedTcpWrite(pub Arc<OwnedWriteHalf>);
 
-impl<W: AsyncWrite + Send + Unpin> FrameWrite for StreamWrite<W> {
+impl FrameWrite for SharedTcpWrite {
     fn write<'a>(&'a mut self, item: &'a [u8]) -> BoxFuture<'a, io::Result<()>> {
-        Box::pin(self.0.write_all(item))
+        Box::pin(async move {
+            let mut rest = item;
+            while !rest.is_empty() {
+                self.0.writable().await?;
+                match self.0.try_write(rest) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => rest = &rest[n..],
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        })
     }
     fn shutdown(&mut self) -> BoxFuture<'_, io::Result<()>> {
-        Box::pin(self.0.shutdown())
+        // The half shuts the stream's sending side down when its last
+        // owner drops it.
+        Box::pin(async { Ok(()) })
     }
 }
 
@@ -58,9 +81,11 @@ impl Transport for Plain {
             let _ = tcp.set_nodelay(true);
             let peer = tcp.peer_addr()?;
             let (r, w) = tcp.into_split();
+            let w = Arc::new(w);
             Ok(Io {
                 read: Box::new(r),
-                write: Box::new(StreamWrite(w)),
+                write: Box::new(SharedTcpWrite(w.clone())),
+                inline: Some(w),
                 peer,
             })
         })

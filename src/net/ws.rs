@@ -107,6 +107,7 @@ fn split(ws: WebSocketStream<TcpStream>, peer: SocketAddr) -> Io {
             done: false,
         }),
         write: Box::new(WsWrite { sink }),
+        inline: None,
         peer,
     }
 }
