@@ -301,6 +301,76 @@ async fn a_slow_reader_slows_the_writer_down_instead_of_being_dropped() {
     a.close().await;
 }
 
+/// A peer that reads in small bursts gets every frame whole, once and in
+/// order: frames the node writes straight onto the stream while nothing is
+/// queued, the rest of a frame the stream took only in part, and frames
+/// the writer task writes from the queue never interleave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_gets_every_frame_whole_and_in_order() {
+    let mut cfg = MeshConfig::new(local());
+    cfg.send_queue = 32;
+    cfg.send_queue_bytes = 1 << 20;
+    let a = MeshSocket::bind(cfg).await.unwrap();
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(16 * 1024).unwrap();
+    let mut s = sock.connect(a.local_addr()).await.unwrap();
+    let id = b"OrderNode111111111111111111111111111111111111111111111111111111";
+    s.write_all(&handshake(&a, id, &[])).await.unwrap();
+    wait_until("peer handshaken", T, || async { peer_count(&a).await == 1 }).await;
+    const N: i64 = 1_000;
+    // Sizes that do not divide the socket's buffers evenly, so that some
+    // frames are taken only in part, and large enough to fill the node's
+    // socket buffer (up to 4 MiB on loopback) soon.
+    let sizes = [1, 7_001, 60_000, 33_333, 90_000];
+    let node = a.clone();
+    let reader = tokio::spawn(async move {
+        let limits = rs2p::wire::Limits::default();
+        let mut buf = bytes::BytesMut::new();
+        let mut chunk = vec![0u8; 8 * 1024];
+        let mut next = 0i64;
+        let mut stall = vec![150, 450, 750];
+        let deadline = tokio::time::Instant::now() + T;
+        while next < N {
+            while let Some(body) = rs2p::wire::next_frame(&mut buf, &limits).unwrap() {
+                let (_, msg) = Packed::decode(body, &[], false, &limits).unwrap();
+                let Some(pos) = msg.payload.iter().position(
+                    |v| matches!(v, Value::Bin(b) if !b.is_empty() && b.iter().all(|&x| x == 0x5a)),
+                ) else {
+                    continue;
+                };
+                let i = msg.payload[pos - 1].as_i64().unwrap();
+                assert_eq!(i, next, "frame {i} arrived when {next} was due");
+                let Value::Bin(body) = &msg.payload[pos] else {
+                    unreachable!()
+                };
+                assert_eq!(body.len(), sizes[i as usize % sizes.len()], "frame {i}");
+                next += 1;
+            }
+            let n = tokio::time::timeout_at(deadline, s.read(&mut chunk))
+                .await
+                .expect("frames still due")
+                .unwrap();
+            assert!(n > 0, "closed with frame {next} due");
+            buf.extend_from_slice(&chunk[..n]);
+            // Stop reading now and then until the node queues frames for
+            // us (the socket is full), so that later frames meet a queue.
+            if stall.first().is_some_and(|&k| next >= k) {
+                stall.remove(0);
+                let queued = || async { node.stats().await.unwrap().send_queue_bytes > 0 };
+                wait_until("frames queued for a full socket", T, queued).await;
+            }
+        }
+    });
+    for i in 0..N {
+        let body = Value::Bin(vec![0x5a; sizes[i as usize % sizes.len()]]);
+        a.send(vec![Value::from(i), body]).await.unwrap();
+    }
+    reader.await.unwrap();
+    let stats = a.stats().await.unwrap();
+    assert_eq!(stats.slow_peers_dropped, 0, "{stats:?}");
+    a.close().await;
+}
+
 /// A relay between a fast writer and a peer that reads slower than the
 /// writer writes: while its queue to the slow peer is over half full, the
 /// relay leaves the writer's frames unread (TCP then slows the writer
