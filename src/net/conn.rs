@@ -1,6 +1,7 @@
 //! One connection: a reader task that splits frames off the stream and a
 //! writer task fed by a bounded queue.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -36,6 +37,9 @@ pub(crate) struct ConnHandle {
     /// The stream itself, written at once while nothing is queued
     /// ([`Io::inline`]).
     inline: Option<Arc<OwnedWriteHalf>>,
+    /// The start of the current [`BUSY_GAP`] window and the frames written
+    /// inline in it: past [`INLINE_PER_GAP`], frames are queued.
+    inline_window: Cell<(Instant, u32)>,
     /// Bytes queued and not yet written, bounded by `max_queued`.
     queued: Arc<AtomicUsize>,
     max_queued: usize,
@@ -90,16 +94,34 @@ impl ConnHandle {
         (frames, idle_ms)
     }
 
+    /// True when the frame about to be sent may be written inline: counts
+    /// it against the current window.
+    fn inline_allowed(&self) -> bool {
+        let now = Instant::now();
+        let (start, count) = self.inline_window.get();
+        let (start, count) = if now.duration_since(start) >= BUSY_GAP {
+            (now, 0)
+        } else {
+            (start, count)
+        };
+        self.inline_window.set((start, count.saturating_add(1)));
+        count < INLINE_PER_GAP
+    }
+
     /// Sends a frame without waiting: written at once when the stream
-    /// takes it, else queued for the writer task.
+    /// takes it and the connection is quiet, else queued for the writer
+    /// task.
     pub(crate) fn send(&self, mut frame: Bytes) -> Result<(), SendError> {
+        let quiet = self.inline_allowed();
         // Nothing queued means the writer task holds no frame and will not
         // write until it is handed one (it counts a frame off only once
         // written), so this write cannot interleave with one of its own.
         // Written here, a frame leaves in the actor's turn, instead of
-        // waking the writer task, often on the other worker thread.
+        // waking the writer task, often on the other worker thread. Not in a
+        // burst: there the writer task, on the other worker, writes many
+        // frames per syscall while the actor goes on.
         let queued = self.queued.load(Ordering::Acquire);
-        if queued == 0 {
+        if queued == 0 && quiet {
             if let Some(stream) = &self.inline {
                 match stream.try_write(&frame) {
                     Ok(n) if n == frame.len() => {
@@ -153,6 +175,15 @@ struct Unhandled {
     bytes: AtomicUsize,
     notify: tokio::sync::Notify,
 }
+
+/// A connection is written inline at most [`INLINE_PER_GAP`] times in this
+/// long; more frames than that are a burst, and go through the writer
+/// task, which batches them while the actor goes on.
+const BUSY_GAP: Duration = Duration::from_millis(1);
+/// See [`BUSY_GAP`]: enough for what one write sends a peer (a neighbour
+/// list, the write, an announcement), few enough that a burst of writes
+/// costs the actor no syscall per frame.
+const INLINE_PER_GAP: u32 = 4;
 
 /// How long a writer may make no progress before local writers stop
 /// waiting for room in its queue.
@@ -244,6 +275,7 @@ pub(crate) fn spawn(
     ConnHandle {
         tx,
         inline,
+        inline_window: Cell::new((Instant::now(), 0)),
         queued,
         max_queued: settings.queue_bytes,
         progress,

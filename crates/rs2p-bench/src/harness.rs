@@ -284,7 +284,10 @@ async fn bench(args: BenchArgs) -> ExitCode {
         eprintln!("rs2p bench: cannot create {}: {e}", logs.display());
         return ExitCode::FAILURE;
     }
-    let exe = match std::env::current_exe() {
+    // Experiments only (not used by `rs2p bench` itself): the rs2p nodes
+    // from another build, e.g. an older commit's, under this harness.
+    let other = std::env::var_os("RS2P_BENCH_NODE_EXE").map(PathBuf::from);
+    let exe = match other.map_or_else(std::env::current_exe, Ok) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("rs2p bench: cannot find my own executable: {e}");
