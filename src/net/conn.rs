@@ -1,5 +1,6 @@
 //! One connection: a reader task that splits frames off the stream and a
-//! writer task fed by a bounded queue.
+//! writer task fed by a bounded queue; on plain TCP the actor writes a
+//! frame itself while that queue is empty and the connection is quiet.
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -37,8 +38,9 @@ pub(crate) struct ConnHandle {
     /// The stream itself, written at once while nothing is queued
     /// ([`Io::inline`]).
     inline: Option<Arc<OwnedWriteHalf>>,
-    /// The start of the current [`BUSY_GAP`] window and the frames written
-    /// inline in it: past [`INLINE_PER_GAP`], frames are queued.
+    /// The start of the current [`BUSY_GAP`] window and the frames that
+    /// found the queue empty in it: past [`INLINE_PER_GAP`], frames are
+    /// queued.
     inline_window: Cell<(Instant, u32)>,
     /// Bytes queued and not yet written, bounded by `max_queued`.
     queued: Arc<AtomicUsize>,
@@ -112,7 +114,6 @@ impl ConnHandle {
     /// takes it and the connection is quiet, else queued for the writer
     /// task.
     pub(crate) fn send(&self, mut frame: Bytes) -> Result<(), SendError> {
-        let quiet = self.inline_allowed();
         // Nothing queued means the writer task holds no frame and will not
         // write until it is handed one (it counts a frame off only once
         // written), so this write cannot interleave with one of its own.
@@ -121,8 +122,8 @@ impl ConnHandle {
         // burst: there the writer task, on the other worker, writes many
         // frames per syscall while the actor goes on.
         let queued = self.queued.load(Ordering::Acquire);
-        if queued == 0 && quiet {
-            if let Some(stream) = &self.inline {
+        if let Some(stream) = self.inline.as_ref().filter(|_| queued == 0) {
+            if self.inline_allowed() {
                 match stream.try_write(&frame) {
                     Ok(n) if n == frame.len() => {
                         self.progress.store(now_ms(), Ordering::Relaxed);
