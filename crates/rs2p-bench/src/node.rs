@@ -14,6 +14,7 @@
 //! unless its key is traced, so the adapter is never the bottleneck.
 
 use std::io::Write;
+use std::os::fd::AsFd;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -396,7 +397,7 @@ async fn main_loop(args: BenchNodeArgs) -> ExitCode {
     let state = Arc::new(Mutex::new(State::default()));
     spawn_peers_loop(&sync);
 
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut lines = command_lines();
     loop {
         let line = match lines.next_line().await {
             Ok(Some(l)) => l,
@@ -437,6 +438,27 @@ async fn main_loop(args: BenchNodeArgs) -> ExitCode {
     sync.close().await;
     emit("bye", now_us(), json!({}));
     ExitCode::SUCCESS
+}
+
+/// The command lines on stdin.
+///
+/// When stdin is a pipe (as `rs2p bench` starts the node) it is read through
+/// the runtime's own poller: a command then wakes the one worker that waits
+/// on it. `tokio::io::stdin` reads on a blocking-pool thread instead, which
+/// cost the writing node five thread wake-ups per command (measured with
+/// strace during scenario 1), all competing with the nodes it writes to for
+/// the two cores.
+fn command_lines() -> tokio::io::Lines<BufReader<Box<dyn tokio::io::AsyncRead + Unpin + Send>>> {
+    let pipe = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .ok()
+        .and_then(|fd| tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok());
+    let input: Box<dyn tokio::io::AsyncRead + Unpin + Send> = match pipe {
+        Some(p) => Box::new(p),
+        None => Box::new(tokio::io::stdin()),
+    };
+    BufReader::new(input).lines()
 }
 
 /// Runs the node on `rt`: the command loop is a task on the runtime, as
