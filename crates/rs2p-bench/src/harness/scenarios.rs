@@ -221,48 +221,35 @@ pub(super) async fn run_latency(env: &Env, imp: Impl, n: usize, plan: &Plan) -> 
         out.figures.insert("p50_ms", p50);
         out.figures.insert("p99_ms", p99);
         out.figures.insert("lost", lost as f64);
-        // Broadcast frames delivered per set (first receipts + duplicates)
-        // while the sets propagated, where the node counts them (rs2p).
-        // Counted from the stats taken before the sets: the node's totals
-        // also hold the mesh's forming and the warm-up set, whose flood
-        // through a tree not yet formed read as 0.2-0.4 duplicates per set.
-        let per_set = |f: &str| {
-            let sum = |st: &[Ev]| -> Option<u64> {
-                let v: Vec<u64> = st.iter().filter_map(|s| s.u64(f)).collect();
-                (v.len() == st.len() && !v.is_empty()).then(|| v.iter().sum())
-            };
-            Some(sum(&stats)?.saturating_sub(sum(&stats0)?) as f64 / sets as f64)
-        };
-        if let (Some(b), Some(d)) = (per_set("broadcasts"), per_set("duplicates")) {
-            out.figures.insert("frames_per_set", b + d);
-            out.figures.insert("duplicates_per_set", d);
-        }
-        if let Some(p) = per_set("relays_pruned") {
-            out.figures.insert("relays_pruned_per_set", p);
-        }
-        // What the nodes sent while the sets propagated, as they count it
-        // (rs2p: frames with their prefixes, no TCP/IP headers); the
-        // loopback figure below has the headers but also whatever else the
-        // machine sends on loopback meanwhile.
-        let sent = |st: &[Ev]| -> Option<u64> {
-            let v: Vec<u64> = st.iter().filter_map(|s| s.u64("bytes_sent")).collect();
-            (v.len() == st.len() && !v.is_empty()).then(|| v.iter().sum())
-        };
-        if let (Some(b0), Some(b1)) = (sent(&stats0), sent(&stats)) {
-            out.figures.insert("bytes_sent_per_set", b1.saturating_sub(b0) as f64 / sets as f64);
-        }
-        // Of which whispers (rs2p: tree announcements, grafts, prunes,
-        // pings), and the announcement frames among them.
+        // The nodes' counters (rs2p's) over the sets, per set: from the
+        // stats taken just before them, as the nodes' totals also hold the
+        // mesh's forming and the warm-up set (whose flood through a tree not
+        // yet formed read as 0.2-0.4 duplicates per set).
         let total = |st: &[Ev], f: &str| -> Option<u64> {
             let v: Vec<u64> = st.iter().filter_map(|s| s.u64(f)).collect();
             (v.len() == st.len() && !v.is_empty()).then(|| v.iter().sum())
         };
+        let per_set = |f: &str| {
+            Some(total(&stats, f)?.saturating_sub(total(&stats0, f)?) as f64 / sets as f64)
+        };
+        // Broadcast frames delivered (first receipts + duplicates); what the
+        // nodes sent as they count it (frames with their prefixes, no TCP/IP
+        // headers: the loopback figure below has the headers but also
+        // whatever else the machine sends on loopback meanwhile); of which
+        // whispers (tree announcements, grafts, prunes, pings), and the
+        // announcement frames among them.
+        if let (Some(b), Some(d)) = (per_set("broadcasts"), per_set("duplicates")) {
+            out.figures.insert("frames_per_set", b + d);
+            out.figures.insert("duplicates_per_set", d);
+        }
         for (field, figure) in [
+            ("relays_pruned", "relays_pruned_per_set"),
+            ("bytes_sent", "bytes_sent_per_set"),
             ("whisper_bytes_sent", "whisper_bytes_per_set"),
             ("announcements", "announcements_per_set"),
         ] {
-            if let (Some(a), Some(b)) = (total(&stats0, field), total(&stats, field)) {
-                out.figures.insert(figure, b.saturating_sub(a) as f64 / sets as f64);
+            if let Some(v) = per_set(field) {
+                out.figures.insert(figure, v);
             }
         }
         out.figures.insert(
