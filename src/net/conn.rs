@@ -244,6 +244,14 @@ pub(crate) fn spawn(
         // burst, and each frame stays whole and in order.
         let mut batch = Vec::with_capacity(64 * 1024);
         while let Some(first) = rx.recv().await {
+            // Let the tasks already runnable go first (the actor queueing
+            // more frames, the program making more writes). On plain TCP a
+            // frame comes here only in a burst (a quiet link is written
+            // inline), and a burst written a frame per syscall woke every
+            // peer once per frame; on TLS and WebSocket links the wait is
+            // the rest of the tasks' turn. Measured in docs/performance.md: sets/s to convergence
+            // in a burst 62,000 -> 97,000, CPU per set a third lower.
+            tokio::task::yield_now().await;
             let (res, len) = if rx.is_empty() {
                 (wr.write(&first).await, first.len())
             } else {
