@@ -35,9 +35,8 @@ pub struct BenchNodeArgs {
     /// Port to listen on (0 picks a free one; `ready` says which).
     #[arg(long, default_value_t = 0)]
     pub port: u16,
-    /// Tokio worker threads: 0 = the default multi-threaded runtime (one
-    /// worker per core, as `#[tokio::main]`), 1 = a current-thread runtime,
-    /// N = N workers. Also read from RS2P_BENCH_THREADS.
+    /// Worker threads of the node's runtime: 0 = as `rs2p node` runs by
+    /// default (one), N = N workers. Also read from RS2P_BENCH_THREADS.
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
     /// Keep the dictionary and the node id in this directory (the restart
@@ -470,11 +469,25 @@ fn command_lines() -> tokio::io::Lines<BufReader<Box<dyn tokio::io::AsyncRead + 
     BufReader::new(input).lines()
 }
 
-/// Runs the node on `rt`: the command loop is a task on the runtime, as
+/// Worker threads for the runtime of `rs2p bench-node`: `--threads`,
+/// else RS2P_BENCH_THREADS, else one, as `rs2p node` runs by default.
+pub fn workers(args: &BenchNodeArgs) -> usize {
+    let env = || {
+        std::env::var("RS2P_BENCH_THREADS")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    };
+    match args.threads {
+        0 => env().filter(|&n| n > 0).unwrap_or(1),
+        n => n,
+    }
+}
+
+/// Runs `rs2p bench-node` on `rt` (built with [`workers`] threads): the command loop is a task on the runtime, as
 /// server code would run it (with `RS2P_BENCH_BLOCK_ON` set, it runs on the
 /// calling thread under `block_on` instead, as a plain `#[tokio::main]`
 /// loop would; every awaited `set()` then crosses threads twice).
-fn run_on(rt: &Runtime, args: BenchNodeArgs) -> ExitCode {
+pub fn run(rt: &Runtime, args: BenchNodeArgs) -> ExitCode {
     if std::env::var_os("RS2P_BENCH_BLOCK_ON").is_some() {
         return rt.block_on(main_loop(args));
     }
@@ -483,36 +496,4 @@ fn run_on(rt: &Runtime, args: BenchNodeArgs) -> ExitCode {
             .await
             .unwrap_or(ExitCode::FAILURE)
     })
-}
-
-/// Runs `rs2p bench-node`.
-pub fn run(rt: &Runtime, args: BenchNodeArgs) -> ExitCode {
-    let threads = if args.threads == 0 {
-        std::env::var("RS2P_BENCH_THREADS")
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0)
-    } else {
-        args.threads
-    };
-    let own = match threads {
-        0 => None,
-        1 => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .ok(),
-        n => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
-            .enable_all()
-            .build()
-            .ok(),
-    };
-    match own {
-        Some(own) => {
-            let code = run_on(&own, args);
-            own.shutdown_background();
-            code
-        }
-        None => run_on(rt, args),
-    }
 }

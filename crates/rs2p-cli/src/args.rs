@@ -165,6 +165,14 @@ pub struct NodeArgs {
     #[arg(long, value_name = "SHA256")]
     pub tls_pin: Vec<rs2p::config::CertFingerprint>,
 
+    /// Worker threads of the node's async runtime. One carries a node's
+    /// work without handing it between threads, which costs less CPU and
+    /// time per write; more let connection reads and writes (TLS
+    /// encryption among them) run beside the protocol on other cores.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: u16,
+
     /// Speak JSON lines on stdin/stdout instead of running the shell.
     #[arg(long)]
     pub json: bool,

@@ -149,10 +149,18 @@ fn run_node(rt: &Runtime, args: NodeArgs) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // A node runs on the workers it was given (one by default, see
+    // `NodeArgs::threads`); the other commands take one per core.
+    let workers = match &cli.command {
+        Command::Node(args) => Some(usize::from(args.threads)),
+        Command::BenchNode(args) => Some(rs2p_bench::node::workers(args)),
+        _ => None,
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        builder.worker_threads(n);
+    }
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("rs2p: cannot start the async runtime: {e}");
