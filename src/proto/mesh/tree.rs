@@ -14,6 +14,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
+use rand::Rng;
+
 use super::Mesh;
 use crate::proto::seen::fingerprint;
 use crate::proto::{ConnId, Now};
@@ -185,11 +187,21 @@ impl Mesh {
 
     /// Notes an id to announce to a lazy tree link.
     pub(super) fn announce(&mut self, conn: ConnId, id: Fingerprint, now: Now) {
-        if let Some(c) = self.links.get_mut(&conn) {
-            c.announce.push(id);
-            if c.announce_at.is_none() {
-                c.announce_at = Some(now.elapsed + c.announce_gap);
-            }
+        let Some(c) = self.links.get_mut(&conn) else {
+            return;
+        };
+        c.announce.push(id);
+        if c.announce_at.is_none() {
+            // Up to a quarter of the gap later, at random. Due exactly a gap
+            // after the first id, the batches of a program writing at a
+            // steady rate whose period divides the gap (every 50 ms, say)
+            // went out in the very millisecond a later write arrived, on
+            // every node at once (they all noted the same write first): a
+            // burst of announcements on every link in that write's way.
+            let gap = c.announce_gap;
+            let spread = u64::try_from(gap.as_micros() / 4).unwrap_or(u64::MAX);
+            let jitter = Duration::from_micros(self.rng.gen_range(0..=spread));
+            c.announce_at = Some(now.elapsed + gap + jitter);
         }
     }
 

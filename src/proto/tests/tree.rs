@@ -101,7 +101,8 @@ fn a_broadcast_lost_on_a_tree_link_is_grafted_from_an_announcer() {
             .count()
     };
     assert_eq!(at_c(&net), 0, "C got it before any graft");
-    net.advance(ANNOUNCE_AFTER + GRAFT_AFTER + Duration::from_millis(10));
+    // The announcement goes out up to a quarter of its gap late (jitter).
+    net.advance(ANNOUNCE_AFTER * 5 / 4 + GRAFT_AFTER + Duration::from_millis(10));
     assert_eq!(at_c(&net), 1);
     assert!(net.nodes[2].stats().tree_grafts >= 1);
     let after: u64 = net
@@ -188,6 +189,48 @@ fn announcements_back_off_while_the_tree_is_settled() {
         let got = net.received.iter().filter(|(k, _)| *k == n).count() as i64;
         assert_eq!(got, 100 + count, "node {n}");
     }
+}
+
+/// A batch of announcements is not due exactly a gap after its first id:
+/// the gaps are multiples of 100 ms, so with a program writing every 50 ms
+/// every node's batches went out in the very millisecond of a later write
+/// (all nodes note the same write first), on every link out of the tree,
+/// just as that write was being relayed.
+#[test]
+fn announcement_batches_do_not_fall_on_a_steady_writers_beat() {
+    let mut net = older_nodes(&["A", "B", "C"]);
+    net.connect(1, 0);
+    net.connect(2, 1);
+    net.advance(Duration::from_secs(3));
+    let ihaves = |net: &Net| {
+        net.tree_ids
+            .iter()
+            .filter(|(_, f, _)| *f == sub::RS2P_IHAVE)
+            .count()
+    };
+    let (mut batches, mut on_the_beat) = (0, 0);
+    for i in 0..400 {
+        let now = net.now;
+        let user = [Value::from(sub::BROADCAST), Value::from(i)];
+        net.nodes[0].send(main::BROADCAST, &user, now);
+        net.settle();
+        // Fifty 1 ms steps to the next write: a batch due on the beat goes
+        // out in the last one.
+        for step in 0..50 {
+            let before = ihaves(&net);
+            net.advance(Duration::from_millis(1));
+            let sent = ihaves(&net) - before;
+            batches += sent;
+            if step == 49 {
+                on_the_beat += sent;
+            }
+        }
+    }
+    assert!(batches >= 8, "{batches} batches: the tree has a lazy link");
+    assert!(
+        on_the_beat * 4 <= batches,
+        "{on_the_beat} of {batches} announcement batches on a write's beat"
+    );
 }
 
 #[test]
