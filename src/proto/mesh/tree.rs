@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
-use rand::Rng;
+use rand::RngCore;
 
 use super::Mesh;
 use crate::proto::seen::fingerprint;
@@ -200,7 +200,7 @@ impl Mesh {
             // burst of announcements on every link in that write's way.
             let gap = c.announce_gap;
             let spread = u64::try_from(gap.as_micros() / 4).unwrap_or(u64::MAX);
-            let jitter = Duration::from_micros(self.rng.gen_range(0..=spread));
+            let jitter = Duration::from_micros(self.rng.next_u64() % spread.saturating_add(1));
             c.announce_at = Some(now.elapsed + gap + jitter);
         }
     }
