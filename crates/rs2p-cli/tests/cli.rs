@@ -540,12 +540,21 @@ fn json_node_options() {
     let id = p.ok(json!({"op": "id"}));
     assert_eq!(id["subnet"], "test0");
     assert_eq!(id["id"], l.id.as_str());
-    // A second node with --connect on the command line.
+    // A second node with --connect on the command line, on three runtime
+    // workers (the first runs on the default one).
     let port = l.port.to_string();
     let target = format!("127.0.0.1:{port}");
     let (mut q, lq) = Proc::json_node(
         "opts2",
-        &["--subnet", "test", "--no-leasing", "-c", &target],
+        &[
+            "--subnet",
+            "test",
+            "--no-leasing",
+            "-c",
+            &target,
+            "--threads",
+            "3",
+        ],
     );
     q.event("peer_joined", |e| {
         e["event"] == "peer_joined" && e["id"] == l.id.as_str()
@@ -840,6 +849,7 @@ fn help_and_usage_errors() {
         "--out-addr",
         "--json",
         "--verbose",
+        "--threads",
         "127.0.0.1:0",
     ] {
         assert!(out.contains(word), "node --help lacks {word}:\n{out}");
@@ -851,6 +861,7 @@ fn help_and_usage_errors() {
         &["node", "--transport", "quic"][..],
         &["node", "--listen", "nowhere"],
         &["node", "--connect", "no-port"],
+        &["node", "--threads", "0"],
         &["demo", "--nodes", "1"],
         &["demo", "--nodes", "17"],
         &["frobnicate"],
