@@ -39,6 +39,16 @@ fn older_nodes(ids: &[&str]) -> Net {
     Net::with_settings(ids, |s| s.creator_push = false)
 }
 
+/// Three older nodes (see [`older_nodes`]) linked B-A and C-B, and by the
+/// peers exchange A-C: a triangle, settled.
+fn older_triangle() -> Net {
+    let mut net = older_nodes(&["A", "B", "C"]);
+    net.connect(1, 0);
+    net.connect(2, 1);
+    net.advance(Duration::from_secs(3));
+    net
+}
+
 /// A scripted rs2p peer on node 0 with these capabilities.
 fn tree_peer(net: &mut Net, caps: &[u8]) -> Fake {
     net.fake_with(0, "R", crate::proto::PeerKind::Rs, 10, caps)
@@ -75,10 +85,7 @@ fn a_node_that_loses_its_last_tree_link_grafts_the_others_back() {
 fn a_broadcast_lost_on_a_tree_link_is_grafted_from_an_announcer() {
     use crate::proto::mesh::{ANNOUNCE_AFTER, GRAFT_AFTER};
     // Writes along the tree only (see above): a link leaves the tree.
-    let mut net = older_nodes(&["A", "B", "C"]);
-    net.connect(1, 0);
-    net.connect(2, 1);
-    net.advance(Duration::from_secs(3));
+    let mut net = older_triangle();
     let user = |i: i64| [Value::from(sub::BROADCAST), Value::from(i)];
     for i in 0..3 {
         let now = net.now;
@@ -148,10 +155,7 @@ fn a_tree_peer_without_compact_frames_is_announced_to_and_grafted_from_by_whole_
 fn announcements_back_off_while_the_tree_is_settled() {
     use crate::proto::mesh::{ANNOUNCE_AFTER, MAX_ANNOUNCE_GAP};
     // Writes along the tree only (see above), so a link is out of it.
-    let mut net = older_nodes(&["A", "B", "C"]);
-    net.connect(1, 0);
-    net.connect(2, 1);
-    net.advance(Duration::from_secs(3));
+    let mut net = older_triangle();
     let user = |i: i64| [Value::from(sub::BROADCAST), Value::from(i)];
     let every = Duration::from_millis(50);
     let broadcast = |net: &mut Net, i: i64| {
@@ -198,10 +202,7 @@ fn announcements_back_off_while_the_tree_is_settled() {
 /// just as that write was being relayed.
 #[test]
 fn announcement_batches_do_not_fall_on_a_steady_writers_beat() {
-    let mut net = older_nodes(&["A", "B", "C"]);
-    net.connect(1, 0);
-    net.connect(2, 1);
-    net.advance(Duration::from_secs(3));
+    let mut net = older_triangle();
     let ihaves = |net: &Net| {
         net.tree_ids
             .iter()
