@@ -249,8 +249,9 @@ pub(crate) fn spawn(
             // frame comes here only in a burst (a quiet link is written
             // inline), and a burst written a frame per syscall woke every
             // peer once per frame; on TLS and WebSocket links the wait is
-            // the rest of the tasks' turn. Measured in docs/performance.md: sets/s to convergence
-            // in a burst 62,000 -> 97,000, CPU per set a third lower.
+            // the rest of the tasks' turn. Measured in docs/performance.md:
+            // sets/s to convergence in a burst 62,000 -> 97,000, CPU per set
+            // a third lower.
             tokio::task::yield_now().await;
             let (res, len) = if rx.is_empty() {
                 (wr.write(&first).await, first.len())

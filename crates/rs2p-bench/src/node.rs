@@ -483,10 +483,11 @@ pub fn workers(args: &BenchNodeArgs) -> usize {
     }
 }
 
-/// Runs `rs2p bench-node` on `rt` (built with [`workers`] threads): the command loop is a task on the runtime, as
-/// server code would run it (with `RS2P_BENCH_BLOCK_ON` set, it runs on the
-/// calling thread under `block_on` instead, as a plain `#[tokio::main]`
-/// loop would; every awaited `set()` then crosses threads twice).
+/// Runs `rs2p bench-node` on `rt` (built with [`workers`] threads): the
+/// command loop is a task on the runtime, as server code would run it (with
+/// `RS2P_BENCH_BLOCK_ON` set, it runs on the calling thread under
+/// `block_on` instead, as a plain `#[tokio::main]` loop would; every
+/// awaited `set()` then crosses threads twice).
 pub fn run(rt: &Runtime, args: BenchNodeArgs) -> ExitCode {
     if std::env::var_os("RS2P_BENCH_BLOCK_ON").is_some() {
         return rt.block_on(main_loop(args));
