@@ -12,7 +12,12 @@ use rs2p::{Error, StoreError, SyncConfig, SyncSocket, Value};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let given = std::env::args_os().nth(1).map(std::path::PathBuf::from);
+    // A test runner may pass options of its own (`--exact NAME`): they
+    // are not a folder.
+    let given = std::env::args_os()
+        .nth(1)
+        .filter(|a| !a.to_string_lossy().starts_with('-'))
+        .map(std::path::PathBuf::from);
     let dir = given.clone().unwrap_or_else(|| {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -51,6 +51,12 @@
 //! - answers the peers request `'*'` in both encodings and sends it as bin
 //!   (py2p sends str but only understands bin, which then breaks its own
 //!   links);
+//! - **passes on what a state transfer brings**: a key that a py2p or
+//!   js2p peer's state transfer (or an rs2p peer's) adds to the dictionary
+//!   goes on to the other py2p and js2p peers as a state-transfer store,
+//!   paced like a transfer (the references never forward what a transfer
+//!   brought; for a bridge that would leave one side without what the
+//!   other side held before the bridge met it);
 //! - does **not relay deletes to js2p-like peers**: js2p cannot delete and
 //!   drops the link that delivers a nil store. A key deleted elsewhere
 //!   therefore stays on js2p nodes;

@@ -232,6 +232,65 @@ fn rs2p_bridges_py2p_and_js2p() {
     rt.block(r.close());
 }
 
+/// What a bridge learns from one side's state transfer reaches the other
+/// side's peers that were linked before it: a js2p peer linked first gets
+/// the keys a py2p peer brings when it joins later (and the py2p peer gets
+/// the js2p peer's keys in its own state transfer, as before), also across
+/// two rs2p nodes.
+#[test]
+fn rs2p_bridge_passes_on_what_a_state_transfer_brings() {
+    if !require_peers() {
+        return;
+    }
+    let rt = Rt::new();
+    let a = rt.sync(SyncConfig::new(local()));
+    let b = rt.sync(SyncConfig::new(local()));
+    let (pa, pb) = (a.mesh().local_addr().port(), b.mesh().local_addr().port());
+    rt.block(b.connect("127.0.0.1", pa)).unwrap();
+    let mut j = RefPeer::spawn(Impl::Js2p, &PeerOpts::sync());
+    j.ok(json!({"op":"set","key":"js-old","value":"js"}));
+    j.connect(pa, None);
+    wait_for("js2p linked to a", T, || rt.peer_ids(a.mesh()).len() == 2);
+    wait_for("js2p's keys at b", T, || {
+        b.get("js-old") == Some(Value::from("js"))
+    });
+
+    // A py2p peer holding keys of its own joins the bridge: a directly,
+    // then b.
+    for (name, port) in [("a", pa), ("b", pb)] {
+        let mut p = RefPeer::spawn(Impl::Py2p, &PeerOpts::sync());
+        let keys: Vec<String> = (0..50).map(|i| format!("py-{name}-{i}")).collect();
+        for k in &keys {
+            p.ok(json!({"op":"set","key":k,"value":{"from":name}}));
+        }
+        p.connect(port, None);
+        j.wait_until(&format!("py2p's keys at js2p through {name}"), T, |j| {
+            let held = j.dump();
+            keys.iter().all(|k| {
+                held.iter()
+                    .any(|i| i[0] == json!(k) && i[1] == json!({"from":name}))
+            })
+        });
+        p.wait_until(&format!("js2p's key at py2p through {name}"), T, |p| {
+            p.get("js-old") == Some(json!("js"))
+        });
+        wait_for(
+            &format!("py2p's keys on both rs2p nodes ({name})"),
+            T,
+            || {
+                [&a, &b]
+                    .iter()
+                    .all(|n| keys.iter().all(|k| n.get(k).is_some()))
+            },
+        );
+        assert_eq!(p.stats().0, 0, "{:?}", p.stats());
+        p.close();
+    }
+    assert_eq!(j.stats().0, 0, "{:?}", j.stats());
+    rt.block(a.close());
+    rt.block(b.close());
+}
+
 /// Two rs2p nodes sharing a py2p peer and a js2p peer: each rs2p node knows
 /// the other's neighbours and leaves the references to it (relays pruned),
 /// and still every broadcast and write reaches every node.

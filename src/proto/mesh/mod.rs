@@ -396,6 +396,21 @@ impl Mesh {
             .collect()
     }
 
+    /// The py2p and js2p peers a version that came from `from` by state
+    /// transfer or merge is passed on to: all but `from` and, when `from`
+    /// is an rs2p peer, those it told us it links to itself (it passes the
+    /// version on to them).
+    pub(crate) fn reference_relays(&self, from: ConnId) -> Vec<ConnId> {
+        let told = self.links.get(&from).map(|c| &c.neighbours);
+        self.routing
+            .iter()
+            .filter(|(_, conn)| **conn != from)
+            .filter(|(_, conn)| matches!(self.peer_kind(**conn), PeerKind::Py | PeerKind::Js))
+            .filter(|(id, _)| !told.is_some_and(|n| n.contains(*id)))
+            .map(|(_, conn)| *conn)
+            .collect()
+    }
+
     /// How a message body of `len` bytes is framed for `conn`.
     pub fn framing(&self, conn: ConnId, len: usize) -> Framing {
         self.links

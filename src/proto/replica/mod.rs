@@ -210,12 +210,12 @@ impl Replica {
         meta: Meta,
         kind: WriteKind,
         now: Now,
-    ) -> std::result::Result<(), Refused> {
+    ) -> std::result::Result<Changed, Refused> {
         let (changed, since) =
             self.lock()
                 .apply(key, &value, &meta, kind, self.leasing, now.unix)?;
         Self::announce(mesh, key.to_vec(), changed, value, meta, since);
-        Ok(())
+        Ok(changed)
     }
 
     // ----- commands -----
@@ -504,7 +504,7 @@ impl Replica {
             deleted: value.is_nil(),
         };
         if t.since.is_none() {
-            self.reference_transfer(mesh, &key, value, version, now);
+            self.reference_transfer(mesh, from, &key, value, version, now);
         } else {
             self.merge_transfer(mesh, from, key, value, version, now);
         }
@@ -542,6 +542,7 @@ impl Replica {
     fn reference_transfer(
         &mut self,
         mesh: &mut Mesh,
+        from: ConnId,
         key: &[u8],
         value: Value,
         version: Version,
@@ -554,7 +555,11 @@ impl Replica {
         {
             return;
         }
-        let _ = self.apply(mesh, key, value, version.meta, WriteKind::Store, now);
+        let meta = version.meta.clone();
+        if let Ok(Changed::Set) = self.apply(mesh, key, value.clone(), meta, WriteKind::Store, now)
+        {
+            self.pass_on(mesh, from, key, &value, &version, now);
+        }
     }
 
     /// A version from an rs2p node: kept when it supersedes ours, and then
@@ -575,18 +580,43 @@ impl Replica {
         if changed == Changed::Nothing {
             return;
         }
-        // Along the broadcast tree (every rs2p peer outside it is
-        // reconciled with in time): a healed partition converges even
-        // without direct links, without a copy per link. The item is
-        // encoded only when it goes somewhere: a node joining a mesh
-        // through one peer merges its whole dictionary this way.
+        self.pass_on(mesh, from, &key, &value, &version, now);
+        let since = version.since;
+        Self::announce(mesh, key, changed, value, version.meta, since);
+    }
+
+    /// A version that came from `from` by state transfer or merge changed
+    /// our dictionary: it is passed on, so that what one side of a bridge
+    /// held before it met us reaches the other side too, and a healed
+    /// partition converges even without direct links.
+    ///
+    /// - To rs2p peers along the broadcast tree (every rs2p peer outside
+    ///   it is reconciled with in time), at once, without a copy per link.
+    ///   The item is encoded only when it goes somewhere: a node joining a
+    ///   mesh through one peer merges its whole dictionary this way.
+    /// - To py2p and js2p peers as a state transfer would bring it (they
+    ///   keep what they hold, as in their own transfers), paced like one:
+    ///   the key joins the queue of that peer's transfer and is sent as it
+    ///   is then. Without this, a js2p peer linked before a py2p peer
+    ///   joined with keys of its own got them only at its next
+    ///   reconnection. Deletes are not passed on to them: their transfers
+    ///   carry none.
+    fn pass_on(
+        &mut self,
+        mesh: &mut Mesh,
+        from: ConnId,
+        key: &[u8],
+        value: &Value,
+        version: &Version,
+        now: Now,
+    ) {
         let mut item = None;
         for conn in mesh.routed(Some(PeerKind::Rs)) {
             if conn != from && mesh.eager(conn) {
                 let item = item.get_or_insert_with(|| {
                     [TransferItem::new(
-                        &key,
-                        &msgpack::encode(&value),
+                        key,
+                        &msgpack::encode(value),
                         &version.meta.owner,
                         version.meta.timestamp,
                         Some(version.since),
@@ -595,8 +625,20 @@ impl Replica {
                 send_transfer(mesh, conn, item.as_slice(), now);
             }
         }
-        let since = version.since;
-        Self::announce(mesh, key, changed, value, version.meta, since);
+        if version.deleted {
+            return;
+        }
+        for conn in mesh.reference_relays(from) {
+            match self.transfers.iter_mut().find(|t| t.conn == conn) {
+                Some(job) => job.keys.push(Box::from(key)),
+                None => self.transfers.push(Transfer {
+                    conn,
+                    rs2p: false,
+                    keys: vec![Box::from(key)],
+                    next: 0,
+                }),
+            }
+        }
     }
 }
 
@@ -633,7 +675,6 @@ fn check_value(mesh: &Mesh, key: &[u8], value: &Value) -> Result<()> {
     Ok(())
 }
 
-/// Frames state-transfer items and queues them in chunks.
 /// Sends state-transfer items; to rs2p peers that read them, several per
 /// message ([`sub::RS2P_STORES`]), up to [`BATCH_BYTES`] of items each.
 fn send_transfer(mesh: &mut Mesh, conn: ConnId, items: &[TransferItem], now: Now) {

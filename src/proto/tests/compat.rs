@@ -177,6 +177,49 @@ fn reference_state_transfers_never_overwrite_a_held_value() {
     assert_eq!(net.get(0, "new"), Some(Value::from("theirs")));
 }
 
+#[test]
+fn what_a_reference_transfer_brings_is_passed_on_to_the_other_reference_peers() {
+    use crate::proto::PeerKind::{Js, Py};
+    let mut net = Net::new(&["A"]);
+    let now = net.now;
+    net.nodes[0]
+        .set(b"held".to_vec(), Value::from("mine"), now)
+        .unwrap();
+    let py = net.fake(0, "P", Py, 11);
+    let js = net.fake(0, "J", Js, 12);
+    let other_py = net.fake(0, "Q", Py, 13);
+    let transferred = |net: &Net, f: &Fake| {
+        sent_to(net, 0, f)
+            .into_iter()
+            .filter(|m| m.msg_type == main::WHISPER && m.sub_flag() == Some(sub::STORE))
+            .filter_map(|m| match (&m.payload[1], m.payload.len()) {
+                (Value::Bin(k), 5) => Some(String::from_utf8_lossy(k).into_owned()),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let before = [&py, &js, &other_py].map(|f| transferred(&net, f).len());
+    for key in ["held", "new"] {
+        let item = [
+            Value::from(sub::STORE),
+            Value::Bin(key.as_bytes().to_vec()),
+            Value::from("theirs"),
+            Value::Bin(b"P".to_vec()),
+            Value::from(T0 + 5),
+        ];
+        net.feed(0, py.conn, &Packed::new(main::WHISPER, b"P", T0, &item));
+    }
+    let after = [&py, &js, &other_py].map(|f| transferred(&net, f));
+    assert_eq!(after[0].len(), before[0], "nothing goes back to its source");
+    for (f, got) in [(1, &after[1]), (2, &after[2])] {
+        assert_eq!(
+            got[before[f]..],
+            ["new".to_string()],
+            "only what changed the dictionary is passed on"
+        );
+    }
+}
+
 fn nested(depth: usize) -> Value {
     let mut v = Value::from(1);
     for _ in 1..depth {
