@@ -88,6 +88,12 @@ pub struct BenchArgs {
     /// each set crosses an idle mesh).
     #[arg(long, value_name = "MS")]
     pub spacing_ms: Option<u64>,
+    /// Latency scenario: append a line per set and node to FILE (nodes in
+    /// the mesh, implementation, node 0's pid, which tells runs apart, the
+    /// node's index, the key, and microseconds from the set on node 0 to
+    /// that node's update), to see which sets and nodes make a percentile.
+    #[arg(long, value_name = "FILE")]
+    pub latency_log: Option<std::path::PathBuf>,
     /// Throughput scenario: keys written by rs2p (default 10,000) and by
     /// the references (default 3,000), as `K` or `K_RS2P,K_REFERENCES`.
     #[arg(long, value_delimiter = ',', value_name = "K")]
@@ -112,6 +118,7 @@ struct Plan {
     lat_sizes: Vec<usize>,
     lat_sets: usize,
     lat_spacing_ms: u64,
+    lat_log: Option<std::path::PathBuf>,
     lat_limit: Duration,
     tp_nodes: usize,
     tp_keys: usize,
@@ -138,6 +145,7 @@ impl Plan {
             lat_sizes: vec![3, 8, 16],
             lat_sets: 200,
             lat_spacing_ms: 50,
+            lat_log: None,
             lat_limit: Duration::from_secs(60),
             tp_nodes: 8,
             tp_keys: 10_000,
@@ -238,6 +246,7 @@ async fn bench(args: BenchArgs) -> ExitCode {
     if let Some(ms) = args.spacing_ms {
         plan.lat_spacing_ms = ms;
     }
+    plan.lat_log = args.latency_log.clone();
     if let Some(&m) = args.restart_keys.first() {
         plan.restart_keys = m;
     }
@@ -555,9 +564,10 @@ async fn bench(args: BenchArgs) -> ExitCode {
                 continue;
             }
             match arg.as_str() {
-                "--root" | "--logs" | "--out" => skip = true,
+                "--root" | "--logs" | "--out" | "--latency-log" => skip = true,
                 "--no-write" => {}
                 a2 if a2.starts_with("--root=")
+                    || a2.starts_with("--latency-log=")
                     || a2.starts_with("--logs=")
                     || a2.starts_with("--out=") => {}
                 _ => a.push(arg),

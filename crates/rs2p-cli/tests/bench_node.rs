@@ -233,3 +233,56 @@ fn bench_node_protocol() {
     b.quit();
     a.quit();
 }
+
+/// `rs2p bench` end to end on its smallest latency run, with the
+/// per-set log: one line per set and node, each a latency it measured.
+#[test]
+fn bench_latency_run_writes_its_log() {
+    let dir = std::env::temp_dir().join(format!(
+        "rs2p-bench-log-{}-{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("latency.log");
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let out = Command::new(BIN)
+        .args([
+            "bench", "--only", "latency", "--impl", "rs2p", "--nodes", "3",
+        ])
+        .args([
+            "--runs",
+            "1",
+            "--spacing-ms",
+            "5",
+            "--no-write",
+            "--root",
+            root,
+        ])
+        .arg("--logs")
+        .arg(&dir)
+        .arg("--latency-log")
+        .arg(&log)
+        .output()
+        .expect("runs rs2p bench");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("propagation p99, N=3"), "{text}");
+    let logged = std::fs::read_to_string(&log).expect("the latency log");
+    let lines: Vec<Vec<&str>> = logged.lines().map(|l| l.split(' ').collect()).collect();
+    assert_eq!(lines.len(), 2 * 200, "two nodes, 200 sets each");
+    for l in &lines {
+        assert_eq!(l[..2], ["3", "rs2p"], "{l:?}");
+        assert!(["1", "2"].contains(&l[3]), "{l:?}");
+        assert!(l[4].starts_with('L'), "{l:?}");
+        let us: i64 = l[5].parse().expect("microseconds");
+        assert!((0..10_000_000).contains(&us), "{l:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

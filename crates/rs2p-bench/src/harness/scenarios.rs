@@ -151,7 +151,9 @@ pub(super) async fn run_latency(env: &Env, imp: Impl, n: usize, plan: &Plan) -> 
         let mut latest: HashMap<String, i64> = HashMap::new();
         let mut got: HashMap<String, usize> = HashMap::new();
         let mut incomplete = 0usize;
-        for node in nodes.iter_mut().skip(1) {
+        let mut log = Vec::new();
+        let pid0 = nodes[0].pid;
+        for (index, node) in nodes.iter_mut().enumerate().skip(1) {
             // The first time this node held each key (a reference may report
             // a key twice).
             let mut first: HashMap<String, i64> = HashMap::new();
@@ -172,11 +174,20 @@ pub(super) async fn run_latency(env: &Env, imp: Impl, n: usize, plan: &Plan) -> 
                     Err(WaitErr::Fail(s)) => return Err(s),
                 }
             }
+            if plan.lat_log.is_some() {
+                for (key, t) in &first {
+                    let us = t - t_set.get(key).copied().unwrap_or(*t);
+                    log.push(format!("{n} {} {pid0} {index} {key} {us}\n", imp.name()));
+                }
+            }
             for (key, t) in first {
                 let e = latest.entry(key.clone()).or_insert(t);
                 *e = (*e).max(t);
                 *got.entry(key).or_default() += 1;
             }
+        }
+        if let Some(path) = &plan.lat_log {
+            append(path, &log.concat())?;
         }
         let sched1 = sched_all(&nodes);
         let lo1 = loopback_bytes();
@@ -369,6 +380,17 @@ pub(super) async fn load(
         Err(WaitErr::Timeout(_)) => Err(dnf(limit, &format!("loading {m} keys into the node"))),
         Err(WaitErr::Fail(s)) => Err(s),
     }
+}
+
+/// Appends `text` to the file at `path` (made if missing).
+fn append(path: &std::path::Path, text: &str) -> Result<(), String> {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .map_err(|e| format!("cannot write the latency log {}: {e}", path.display()))
 }
 
 pub(super) fn mib(kib: Option<u64>) -> f64 {
