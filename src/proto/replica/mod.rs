@@ -628,9 +628,26 @@ impl Replica {
         if version.deleted {
             return;
         }
-        for conn in mesh.reference_relays(from) {
+        let relays = mesh.reference_relays(from);
+        if relays.is_empty() {
+            return;
+        }
+        // A queue never holds more keys than twice the dictionary (and a
+        // batch): past that the peer has stopped reading for long, and what
+        // does not fit waits for its next state transfer, as it would
+        // between two py2p or js2p nodes.
+        let cap = 2 * self.lock().len() + TRANSFER_BATCH;
+        for conn in relays {
             match self.transfers.iter_mut().find(|t| t.conn == conn) {
-                Some(job) => job.keys.push(Box::from(key)),
+                Some(job) => {
+                    if job.next > job.keys.len() / 2 {
+                        job.keys.drain(..job.next);
+                        job.next = 0;
+                    }
+                    if job.keys.len() < cap {
+                        job.keys.push(Box::from(key));
+                    }
+                }
                 None => self.transfers.push(Transfer {
                     conn,
                     rs2p: false,
