@@ -236,7 +236,8 @@ fn rs2p_bridges_py2p_and_js2p() {
 /// side's peers that were linked before it: a js2p peer linked first gets
 /// the keys a py2p peer brings when it joins later (and the py2p peer gets
 /// the js2p peer's keys in its own state transfer, as before), also across
-/// two rs2p nodes.
+/// two rs2p nodes; and a py2p peer gets what a js2p peer joining later
+/// brings.
 #[test]
 fn rs2p_bridge_passes_on_what_a_state_transfer_brings() {
     if !require_peers() {
@@ -286,6 +287,21 @@ fn rs2p_bridge_passes_on_what_a_state_transfer_brings() {
         assert_eq!(p.stats().0, 0, "{:?}", p.stats());
         p.close();
     }
+
+    // The other way: a js2p peer joining b with keys of its own reaches a
+    // py2p peer linked to a before.
+    let mut p = RefPeer::spawn(Impl::Py2p, &PeerOpts::sync());
+    p.connect(pa, None);
+    let a_id = a.mesh().id().to_string();
+    p.wait_until("py2p linked to a", T, |p| p.has_peer(&a_id));
+    let mut late = RefPeer::spawn(Impl::Js2p, &PeerOpts::sync());
+    late.ok(json!({"op":"set","key":"js-late","value":[1,2,3]}));
+    late.connect(pb, None);
+    p.wait_until("the late js2p peer's key at py2p", T, |p| {
+        p.get("js-late") == Some(json!([1, 2, 3]))
+    });
+    assert_eq!(p.stats().0, 0, "{:?}", p.stats());
+    assert_eq!(late.stats().0, 0, "{:?}", late.stats());
     assert_eq!(j.stats().0, 0, "{:?}", j.stats());
     rt.block(a.close());
     rt.block(b.close());
