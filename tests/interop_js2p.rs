@@ -232,6 +232,15 @@ fn rs2p_bridges_py2p_and_js2p() {
     rt.block(r.close());
 }
 
+/// Two rs2p nodes, b dialled to a.
+fn linked_pair(rt: &Rt) -> (rs2p::SyncSocket, rs2p::SyncSocket) {
+    let a = rt.sync(SyncConfig::new(local()));
+    let b = rt.sync(SyncConfig::new(local()));
+    rt.block(b.connect("127.0.0.1", a.mesh().local_addr().port()))
+        .unwrap();
+    (a, b)
+}
+
 /// What a bridge learns from one side's state transfer reaches the other
 /// side's peers that were linked before it: a js2p peer linked first gets
 /// the keys a py2p peer brings when it joins later (and the py2p peer gets
@@ -244,10 +253,8 @@ fn rs2p_bridge_passes_on_what_a_state_transfer_brings() {
         return;
     }
     let rt = Rt::new();
-    let a = rt.sync(SyncConfig::new(local()));
-    let b = rt.sync(SyncConfig::new(local()));
+    let (a, b) = linked_pair(&rt);
     let (pa, pb) = (a.mesh().local_addr().port(), b.mesh().local_addr().port());
-    rt.block(b.connect("127.0.0.1", pa)).unwrap();
     let mut j = RefPeer::spawn(Impl::Js2p, &PeerOpts::sync());
     j.ok(json!({"op":"set","key":"js-old","value":"js"}));
     j.connect(pa, None);
@@ -316,10 +323,8 @@ fn two_rs2p_nodes_share_reference_peers_without_losing_anything() {
         return;
     }
     let rt = Rt::new();
-    let a = rt.sync(SyncConfig::new(local()));
-    let b = rt.sync(SyncConfig::new(local()));
+    let (a, b) = linked_pair(&rt);
     let (pa, pb) = (a.mesh().local_addr().port(), b.mesh().local_addr().port());
-    rt.block(b.connect("127.0.0.1", pa)).unwrap();
     let mut p = RefPeer::spawn(Impl::Py2p, &PeerOpts::sync());
     let mut j = RefPeer::spawn(Impl::Js2p, &PeerOpts::sync());
     p.connect(pa, None);

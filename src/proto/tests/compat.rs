@@ -154,24 +154,36 @@ fn crossed_dials_keep_the_connection_of_the_larger_id() {
     assert_eq!(net.wires.len(), 2, "one link left, seen from both ends");
 }
 
-#[test]
-fn reference_state_transfers_never_overwrite_a_held_value() {
-    use crate::proto::PeerKind::Py;
+/// Node 0 holds "held", written by itself.
+fn holding() -> Net {
     let mut net = Net::new(&["A"]);
     let now = net.now;
     net.nodes[0]
         .set(b"held".to_vec(), Value::from("mine"), now)
         .unwrap();
+    net
+}
+
+/// The py2p-like peer "P" sends node 0 a state-transfer item: `key` holds
+/// "theirs".
+fn transfer_from_p(net: &mut Net, py: &Fake, key: &str) {
+    let item = [
+        Value::from(sub::STORE),
+        Value::Bin(key.as_bytes().to_vec()),
+        Value::from("theirs"),
+        Value::Bin(b"P".to_vec()),
+        Value::from(T0 + 5),
+    ];
+    net.feed(0, py.conn, &Packed::new(main::WHISPER, b"P", T0, &item));
+}
+
+#[test]
+fn reference_state_transfers_never_overwrite_a_held_value() {
+    use crate::proto::PeerKind::Py;
+    let mut net = holding();
     let py = net.fake(0, "P", Py, 11);
     for key in ["held", "new"] {
-        let item = [
-            Value::from(sub::STORE),
-            Value::Bin(key.as_bytes().to_vec()),
-            Value::from("theirs"),
-            Value::Bin(b"P".to_vec()),
-            Value::from(T0 + 5),
-        ];
-        net.feed(0, py.conn, &Packed::new(main::WHISPER, b"P", T0, &item));
+        transfer_from_p(&mut net, &py, key);
     }
     assert_eq!(net.get(0, "held"), Some(Value::from("mine")));
     assert_eq!(net.get(0, "new"), Some(Value::from("theirs")));
@@ -180,11 +192,7 @@ fn reference_state_transfers_never_overwrite_a_held_value() {
 #[test]
 fn what_a_reference_transfer_brings_is_passed_on_to_the_other_reference_peers() {
     use crate::proto::PeerKind::{Js, Py};
-    let mut net = Net::new(&["A"]);
-    let now = net.now;
-    net.nodes[0]
-        .set(b"held".to_vec(), Value::from("mine"), now)
-        .unwrap();
+    let mut net = holding();
     let py = net.fake(0, "P", Py, 11);
     let js = net.fake(0, "J", Js, 12);
     let other_py = net.fake(0, "Q", Py, 13);
@@ -200,14 +208,7 @@ fn what_a_reference_transfer_brings_is_passed_on_to_the_other_reference_peers() 
     };
     let before = [&py, &js, &other_py].map(|f| transferred(&net, f).len());
     for key in ["held", "new"] {
-        let item = [
-            Value::from(sub::STORE),
-            Value::Bin(key.as_bytes().to_vec()),
-            Value::from("theirs"),
-            Value::Bin(b"P".to_vec()),
-            Value::from(T0 + 5),
-        ];
-        net.feed(0, py.conn, &Packed::new(main::WHISPER, b"P", T0, &item));
+        transfer_from_p(&mut net, &py, key);
     }
     let after = [&py, &js, &other_py].map(|f| transferred(&net, f));
     assert_eq!(after[0].len(), before[0], "nothing goes back to its source");
