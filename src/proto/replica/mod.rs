@@ -563,8 +563,7 @@ impl Replica {
     }
 
     /// A version from an rs2p node: kept when it supersedes ours, and then
-    /// passed on to the other rs2p peers, so a healed partition converges
-    /// even without direct links.
+    /// passed on ([`Replica::pass_on`]).
     fn merge_transfer(
         &mut self,
         mesh: &mut Mesh,

@@ -151,7 +151,7 @@ pub(super) async fn run_latency(env: &Env, imp: Impl, n: usize, plan: &Plan) -> 
         let mut latest: HashMap<String, i64> = HashMap::new();
         let mut got: HashMap<String, usize> = HashMap::new();
         let mut incomplete = 0usize;
-        let mut log = Vec::new();
+        let mut log = String::new();
         let pid0 = nodes[0].pid;
         for (index, node) in nodes.iter_mut().enumerate().skip(1) {
             // The first time this node held each key (a reference may report
@@ -177,7 +177,8 @@ pub(super) async fn run_latency(env: &Env, imp: Impl, n: usize, plan: &Plan) -> 
             if plan.lat_log.is_some() {
                 for (key, t) in &first {
                     let us = t - t_set.get(key).copied().unwrap_or(*t);
-                    log.push(format!("{n} {} {pid0} {index} {key} {us}\n", imp.name()));
+                    let name = imp.name();
+                    log.push_str(&format!("{n} {name} {pid0} {index} {key} {us}\n"));
                 }
             }
             for (key, t) in first {
@@ -187,7 +188,7 @@ pub(super) async fn run_latency(env: &Env, imp: Impl, n: usize, plan: &Plan) -> 
             }
         }
         if let Some(path) = &plan.lat_log {
-            append(path, &log.concat())?;
+            append_latency_log(path, &log)?;
         }
         let sched1 = sched_all(&nodes);
         let lo1 = loopback_bytes();
@@ -382,8 +383,8 @@ pub(super) async fn load(
     }
 }
 
-/// Appends `text` to the file at `path` (made if missing).
-fn append(path: &std::path::Path, text: &str) -> Result<(), String> {
+/// Appends `text` to the latency log at `path` (made if missing).
+fn append_latency_log(path: &std::path::Path, text: &str) -> Result<(), String> {
     use std::io::Write;
     std::fs::OpenOptions::new()
         .create(true)
