@@ -181,7 +181,15 @@
 //!
 //! Every count in them is capped (ids per announcement or graft, ranges,
 //! items and want lists per reconciliation message, rounds per session); a
-//! malformed one is ignored with the link kept.
+//! malformed one is ignored with the link kept. Each reconciliation message
+//! costs a pass over the dictionary, so a node answers a link's messages
+//! within a budget (32 at once, then one every 500 ms), a peer's sessions
+//! one per half second at most, and holds at most twice its dictionary in
+//! versions queued for a peer that asks faster than it reads; it opens its
+//! own sessions at most once a second per link (a partition that takes
+//! many peers at once costs each remaining link two sessions). What is not
+//! answered is counted (`NodeStats::reconciliation_refused`, the metric
+//! `rs2p_reconciliation_refused_total`), and between honest nodes stays 0.
 //!
 //! # Crate features
 //!

@@ -21,7 +21,9 @@
 //! [`compression::RS2P_RECONCILES`]: py2p and js2p never see them. Every
 //! count is capped ([`MAX_RANGES`], [`MAX_LIST`], [`MAX_WANT`], rounds per
 //! session in the replica), so a hostile peer costs at most two scans of
-//! the dictionary per message.
+//! the dictionary per message, and the replica takes a link's messages
+//! within a budget ([`BUDGET_BURST`](super::replica::BUDGET_BURST) at once,
+//! then one per [`BUDGET_EVERY`](super::replica::BUDGET_EVERY)).
 //!
 //! [`compression::RS2P_RECONCILES`]: crate::wire::flags::compression::RS2P_RECONCILES
 

@@ -24,6 +24,7 @@
 //! | `rs2p_tree_prunes_total` | counter | | links taken out of the broadcast tree after a duplicate |
 //! | `rs2p_tree_grafts_total` | counter | | grafts for announced broadcasts that did not arrive |
 //! | `rs2p_tree_announcements_total` | counter | | announcement frames sent on links out of the tree |
+//! | `rs2p_reconciliation_refused_total` | counter | | reconciliation messages not answered (malformed, too many) |
 //! | `rs2p_send_queue_bytes` | gauge | | bytes waiting in the send queues |
 //! | `rs2p_state_transfer_bytes_total` | counter | `direction` (`in`, `out`) | state transfers |
 //! | `rs2p_keys`, `rs2p_tombstones` | gauge | | the dictionary |
@@ -295,7 +296,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
         &st.bytes_out,
     );
 
-    let counters: [(&str, &str, u64); 13] = [
+    let counters: [(&str, &str, u64); 14] = [
         (
             "rs2p_transmitted_bytes_total",
             "Bytes handed to connections (frames with their length prefixes, padding and resends included).",
@@ -360,6 +361,11 @@ pub fn render(s: &Snapshot<'_>) -> String {
             "rs2p_tree_announcements_total",
             "Announcement frames sent on links out of the broadcast tree.",
             st.tree_announcements,
+        ),
+        (
+            "rs2p_reconciliation_refused_total",
+            "Reconciliation messages from rs2p peers not answered (malformed, too many).",
+            st.reconciliation_refused,
         ),
     ];
     for (name, help, v) in counters {

@@ -128,6 +128,9 @@ pub struct Report {
     /// Virtual time of the last change to any dictionary, from the start
     /// (the mesh forms from time zero; writes start at 5 s).
     pub virtual_ms: u64,
+    /// Reconciliation messages the nodes did not answer (malformed, over
+    /// a session's rounds or a link's budget): 0 between honest nodes.
+    pub refused: u64,
     /// Wall-clock time of the run.
     pub wall_ms: u64,
 }
@@ -136,7 +139,7 @@ impl Report {
     /// The report as one JSON object.
     pub fn to_json(&self) -> String {
         format!(
-            "{{\"nodes\":{},\"seed\":{},\"writes\":{},\"missed\":{},\"converged\":{},\"rmr\":{:.4},\"ldh\":{},\"frames\":{},\"payload_frames\":{},\"transfer_frames\":{},\"bytes\":{},\"deliveries\":{},\"virtual_ms\":{},\"wall_ms\":{}}}",
+            "{{\"nodes\":{},\"seed\":{},\"writes\":{},\"missed\":{},\"converged\":{},\"rmr\":{:.4},\"ldh\":{},\"frames\":{},\"payload_frames\":{},\"transfer_frames\":{},\"bytes\":{},\"deliveries\":{},\"virtual_ms\":{},\"refused\":{},\"wall_ms\":{}}}",
             self.nodes,
             self.seed,
             self.writes,
@@ -150,6 +153,7 @@ impl Report {
             self.bytes,
             self.deliveries,
             self.virtual_ms,
+            self.refused,
             self.wall_ms
         )
     }
@@ -622,7 +626,9 @@ impl Sim {
                     v.sort_unstable();
                     v
                 };
-                self.nodes[node].node = None;
+                if let Some(gone) = self.nodes[node].node.take() {
+                    self.report.refused += gone.stats().reconciliation_refused;
+                }
                 for pipe in mine {
                     self.drop_pipe(pipe, Some(node));
                 }
@@ -724,6 +730,9 @@ impl Sim {
         }
         self.report.missed = self.missed();
         self.report.converged = self.converged();
+        for n in self.nodes.iter().filter_map(|n| n.node.as_ref()) {
+            self.report.refused += n.stats().reconciliation_refused;
+        }
         let mut redundancy_base = 0u64;
         for h in self.hops.values() {
             self.report.deliveries += h.len() as u64;

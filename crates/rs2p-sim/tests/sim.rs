@@ -17,6 +17,8 @@ fn check(cfg: &SimConfig) -> Report {
         r.converged,
         r.to_json()
     );
+    // Honest nodes stay within every reconciliation limit.
+    assert_eq!(r.refused, 0, "seed {}: {}", cfg.seed, r.to_json());
     r
 }
 

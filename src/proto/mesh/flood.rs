@@ -21,6 +21,13 @@ impl Mesh {
         tracing::warn!(conn, "frame skipped: {e}");
     }
 
+    /// A reconciliation message from `conn` was not answered: counted
+    /// (`NodeStats::reconciliation_refused`) and logged, the link kept.
+    pub(crate) fn reconciliation_refused(&mut self, conn: ConnId, why: &str) {
+        self.stats.reconciliation_refused += 1;
+        tracing::debug!(conn, "{why}: not answered");
+    }
+
     // ----- sending -----
 
     /// Counts a state-transfer frame (a whisper) queued by the replica.

@@ -71,6 +71,10 @@ pub struct NodeStats {
     /// Relays not sent because the rs2p peer the broadcast came from had
     /// already sent it to that neighbour (see the crate docs).
     pub relays_pruned: u64,
+    /// Reconciliation messages from rs2p peers not answered: malformed,
+    /// over a session's rounds, sessions opened faster than one a second,
+    /// or past the link's budget (each costs a pass over the dictionary).
+    pub reconciliation_refused: u64,
     /// Frames received, by message type (the main type of the header:
     /// [`main::BROADCAST`](crate::wire::flags::main::BROADCAST),
     /// [`main::WHISPER`](crate::wire::flags::main::WHISPER), ...). A frame

@@ -19,7 +19,7 @@ use crate::wire::{msgpack, Packed};
 
 mod sessions;
 
-pub use sessions::{RECONCILE_EVERY, RECONCILE_JITTER};
+pub use sessions::{BUDGET_BURST, BUDGET_EVERY, MAX_ROUNDS, RECONCILE_EVERY, RECONCILE_JITTER};
 
 /// Size of one chunk of a state transfer handed to a connection.
 const TRANSFER_CHUNK: usize = 256 * 1024;
@@ -102,6 +102,25 @@ struct Transfer {
     rs2p: bool,
     keys: Vec<Box<[u8]>>,
     next: usize,
+}
+
+impl Transfer {
+    /// Queues more keys, holding at most `cap` (sent keys are dropped
+    /// first, once they are half the queue). A queue that reaches its cap
+    /// belongs to a peer that asks faster than it reads: what does not fit
+    /// reaches it by a later round, as between two nodes that were apart.
+    fn extend_capped(&mut self, keys: impl IntoIterator<Item = Box<[u8]>>, cap: usize) {
+        if self.next > self.keys.len() / 2 {
+            self.keys.drain(..self.next);
+            self.next = 0;
+        }
+        let room = cap.saturating_sub(self.keys.len());
+        self.keys.extend(keys.into_iter().take(room));
+    }
+
+    fn unsent(&self) -> usize {
+        self.keys.len() - self.next
+    }
 }
 
 /// A state-transfer store `[store, key, value, owner, timestamp]`, with the
@@ -350,6 +369,12 @@ impl Replica {
         !self.transfers.is_empty()
     }
 
+    /// Keys queued for peers and not yet sent (state transfers and
+    /// reconciliation answers).
+    pub fn queued_keys(&self) -> usize {
+        self.transfers.iter().map(Transfer::unsent).sum()
+    }
+
     /// Moves state transfers along as peers' queues drain; true while work
     /// is left.
     pub(crate) fn pump(&mut self, mesh: &mut Mesh, room: &dyn Room, now: Now) -> bool {
@@ -471,7 +496,7 @@ impl Replica {
                 true
             }
             Packet::Want => {
-                self.on_want(mesh, inc.conn, &inc.msg.payload);
+                self.on_want(mesh, inc.conn, &inc.msg.payload, now);
                 true
             }
             // A store or delta with malformed fields: consumed, as the
@@ -638,15 +663,7 @@ impl Replica {
         let cap = 2 * self.lock().len() + TRANSFER_BATCH;
         for conn in relays {
             match self.transfers.iter_mut().find(|t| t.conn == conn) {
-                Some(job) => {
-                    if job.next > job.keys.len() / 2 {
-                        job.keys.drain(..job.next);
-                        job.next = 0;
-                    }
-                    if job.keys.len() < cap {
-                        job.keys.push(Box::from(key));
-                    }
-                }
+                Some(job) => job.extend_capped([Box::from(key)], cap),
                 None => self.transfers.push(Transfer {
                     conn,
                     rs2p: false,

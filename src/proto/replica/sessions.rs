@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::{Replica, Room, Transfer};
+use super::{Replica, Room, Transfer, TRANSFER_BATCH};
 use crate::proto::dict::key_hash;
 use crate::proto::mesh::Mesh;
 use crate::proto::reconcile::{self, Range, MAX_LIST, MAX_RANGES, MAX_WANT};
@@ -24,9 +24,25 @@ pub const RECONCILE_EVERY: Duration = Duration::from_secs(30);
 /// at once.
 pub const RECONCILE_JITTER: Duration = Duration::from_secs(5);
 /// Messages one session may take, each way.
-const MAX_ROUNDS: u32 = 64;
-/// A peer opens at most one session a second on a link.
+pub const MAX_ROUNDS: u32 = 64;
+/// A node opens at most one session a second on a link: one asked for
+/// sooner (a graft's gap, a second peer lost, the periodic round) waits for
+/// that second to pass, so a partition that takes fifty peers at once costs
+/// each link two sessions, not fifty passes over the dictionary.
 const MIN_SESSION_GAP: Duration = Duration::from_secs(1);
+/// A peer's sessions closer together than this on one link are not
+/// answered (half the gap honest nodes keep, for the network's jitter).
+const MIN_THEIR_GAP: Duration = Duration::from_millis(500);
+/// Reconciliation messages (ranges or want lists) a peer may send us at
+/// once: each costs a pass over the dictionary, so past this they are
+/// taken at [`BUDGET_EVERY`] only. A session between two honest nodes
+/// takes a few rounds (five or six for a million keys), and a link carries
+/// at most three sessions at a time (each side's, and a gap's).
+pub const BUDGET_BURST: u32 = 32;
+/// One more reconciliation message is taken per link this often, past the
+/// burst (honest links average one every few seconds: a session per
+/// [`RECONCILE_EVERY`]).
+pub const BUDGET_EVERY: Duration = Duration::from_millis(500);
 
 struct Session {
     id: u64,
@@ -46,6 +62,28 @@ pub(super) struct Sessions {
     /// State of the jitter's generator (seeded from our id, so a node's
     /// schedule is the same in every run).
     jitter: u64,
+    /// Per link, when its budget of reconciliation messages is next whole
+    /// (a virtual arrival time: a message is taken while this is at most
+    /// `BUDGET_BURST - 1` periods ahead of now).
+    budget: HashMap<ConnId, Duration>,
+    /// Per link, when we last opened a session on it.
+    opened: HashMap<ConnId, Duration>,
+    /// Per link, when a session asked for too soon after the last opens.
+    deferred: HashMap<ConnId, Duration>,
+}
+
+impl Sessions {
+    /// Takes one reconciliation message from the peer on `conn` out of its
+    /// budget; false when the budget is spent.
+    fn admit(&mut self, conn: ConnId, now: Duration) -> bool {
+        let full = self.budget.entry(conn).or_insert(now);
+        let from = (*full).max(now);
+        if from - now > BUDGET_EVERY * (BUDGET_BURST - 1) {
+            return false;
+        }
+        *full = from + BUDGET_EVERY;
+        true
+    }
 }
 
 impl Sessions {
@@ -70,6 +108,8 @@ impl Replica {
     /// items, so a peer that differs in a few hundred items at most finds
     /// them all at once, whatever the size of the dictionary. Periodic and
     /// peer-lost sessions, which mostly find nothing, send ranges only.
+    /// A session asked for within [`MIN_SESSION_GAP`] of the last one we
+    /// opened on the link opens once that gap has passed (without sketch).
     pub(crate) fn open_session(
         &mut self,
         mesh: &mut Mesh,
@@ -80,6 +120,14 @@ impl Replica {
         if self.sessions.next_round.is_none() {
             self.sessions.next_round = Some(self.sessions.jittered(mesh, now));
         }
+        if let Some(&last) = self.sessions.opened.get(&conn) {
+            if now.elapsed.saturating_sub(last) < MIN_SESSION_GAP {
+                self.sessions.deferred.insert(conn, last + MIN_SESSION_GAP);
+                return;
+            }
+        }
+        self.sessions.deferred.remove(&conn);
+        self.sessions.opened.insert(conn, now.elapsed);
         self.sessions.next_id += 1;
         let id = self.sessions.next_id;
         self.sessions.ours.insert(
@@ -96,16 +144,11 @@ impl Replica {
 
     /// A graft found a gap on `conn`: the broadcast tree could not make up
     /// a broadcast (a burst outran the announcers' caches, an announcer
-    /// left). Reconciles with that peer now rather than at the next round,
-    /// unless a session of ours on the link opened less than a second ago.
+    /// left). Reconciles with that peer now rather than at the next round
+    /// (or a second after the last session on the link).
     pub(crate) fn reconcile_gap(&mut self, mesh: &mut Mesh, conn: ConnId, now: Now) {
         if !mesh.reconciles(conn) {
             return;
-        }
-        if let Some(s) = self.sessions.ours.get(&conn) {
-            if now.elapsed.saturating_sub(s.opened) < MIN_SESSION_GAP {
-                return;
-            }
         }
         self.open_session(mesh, conn, false, now);
     }
@@ -115,10 +158,14 @@ impl Replica {
         if !mesh.reconciles(conn) {
             return;
         }
+        if !self.sessions.admit(conn, now.elapsed) {
+            mesh.reconciliation_refused(conn, "reconciliation messages over the link's budget");
+            return;
+        }
         let Some((id, ranges, sketch)) =
             reconcile::decode_sync(payload).filter(|(_, r, _)| reconcile::valid(r))
         else {
-            tracing::debug!(conn, "malformed reconciliation message ignored");
+            mesh.reconciliation_refused(conn, "malformed reconciliation message");
             return;
         };
         let s = &mut self.sessions;
@@ -127,8 +174,11 @@ impl Replica {
             _ => {
                 let fresh = match s.theirs.get(&conn) {
                     Some(t) if t.id == id => false,
-                    Some(t) if now.elapsed.saturating_sub(t.opened) < MIN_SESSION_GAP => {
-                        tracing::debug!(conn, "reconciliation sessions opened too fast: ignored");
+                    Some(t) if now.elapsed.saturating_sub(t.opened) < MIN_THEIR_GAP => {
+                        mesh.reconciliation_refused(
+                            conn,
+                            "reconciliation sessions opened too fast",
+                        );
                         return;
                     }
                     _ => true,
@@ -148,10 +198,7 @@ impl Replica {
         };
         session.rounds += 1;
         if session.rounds > MAX_ROUNDS {
-            tracing::debug!(
-                conn,
-                "reconciliation session over {MAX_ROUNDS} rounds: dropped"
-            );
+            mesh.reconciliation_refused(conn, "reconciliation session over its rounds");
             return;
         }
         let answer = {
@@ -178,12 +225,16 @@ impl Replica {
     }
 
     /// The peer on `conn` asks for the versions of some key hashes.
-    pub(crate) fn on_want(&mut self, mesh: &mut Mesh, conn: ConnId, payload: &[Value]) {
+    pub(crate) fn on_want(&mut self, mesh: &mut Mesh, conn: ConnId, payload: &[Value], now: Now) {
         if !mesh.reconciles(conn) {
             return;
         }
+        if !self.sessions.admit(conn, now.elapsed) {
+            mesh.reconciliation_refused(conn, "reconciliation messages over the link's budget");
+            return;
+        }
         let Some(want) = reconcile::decode_want(payload) else {
-            tracing::debug!(conn, "malformed want list ignored");
+            mesh.reconciliation_refused(conn, "malformed want list");
             return;
         };
         let keys = reconcile::wanted(&self.lock(), &want);
@@ -192,27 +243,55 @@ impl Replica {
         }
     }
 
-    /// Queues versions for a peer, paced like a state transfer.
+    /// Queues versions for a peer, paced like a state transfer. The queue
+    /// holds at most twice the dictionary (with tombstones) and a batch:
+    /// a peer that asks for everything again and again without reading
+    /// does not grow it further.
     fn queue_keys(&mut self, conn: ConnId, keys: Vec<Vec<u8>>) {
+        let cap = {
+            let d = self.lock();
+            2 * (d.len() + d.tombstones()) + TRANSFER_BATCH
+        };
         let keys = keys.into_iter().map(Vec::into_boxed_slice);
         match self.transfers.iter_mut().find(|t| t.conn == conn && t.rs2p) {
-            Some(t) => t.keys.extend(keys),
+            Some(t) => t.extend_capped(keys, cap),
             None => self.transfers.push(Transfer {
                 conn,
                 rs2p: true,
-                keys: keys.collect(),
+                keys: keys.take(cap).collect(),
                 next: 0,
             }),
         }
     }
 
-    /// When the next periodic round is due.
+    /// When the next periodic round, or a deferred session, is due.
     pub(crate) fn poll_timeout(&self) -> Option<Duration> {
-        self.sessions.next_round
+        let s = &self.sessions;
+        match (s.next_round, s.deferred.values().min()) {
+            (Some(a), Some(&b)) => Some(a.min(b)),
+            (a, b) => a.or(b.copied()),
+        }
     }
 
-    /// The periodic round: every rs2p link we dialled is reconciled.
+    /// The periodic round: every rs2p link we dialled is reconciled. And
+    /// the sessions deferred until a second after the last.
     pub(crate) fn handle_timeout(&mut self, mesh: &mut Mesh, now: Now) {
+        if !self.sessions.deferred.is_empty() {
+            let mut due: Vec<ConnId> = self
+                .sessions
+                .deferred
+                .iter()
+                .filter(|(_, at)| **at <= now.elapsed)
+                .map(|(c, _)| *c)
+                .collect();
+            due.sort_unstable();
+            for conn in due {
+                self.sessions.deferred.remove(&conn);
+                if mesh.has_conn(conn) && mesh.reconciles(conn) {
+                    self.open_session(mesh, conn, false, now);
+                }
+            }
+        }
         if self.sessions.next_round.is_some_and(|t| t <= now.elapsed) {
             self.sessions.next_round = Some(self.sessions.jittered(mesh, now));
             let conns: Vec<ConnId> = mesh
@@ -227,7 +306,8 @@ impl Replica {
         }
     }
 
-    /// A peer left: reconcile with every other rs2p peer now.
+    /// A peer left: reconcile with every other rs2p peer now (or a second
+    /// after the last session on each link).
     pub(crate) fn peer_lost(&mut self, mesh: &mut Mesh, now: Now) {
         self.forget_closed(mesh);
         let conns: Vec<ConnId> = mesh
@@ -243,6 +323,9 @@ impl Replica {
     fn forget_closed(&mut self, mesh: &Mesh) {
         self.sessions.ours.retain(|c, _| mesh.has_conn(*c));
         self.sessions.theirs.retain(|c, _| mesh.has_conn(*c));
+        self.sessions.budget.retain(|c, _| mesh.has_conn(*c));
+        self.sessions.opened.retain(|c, _| mesh.has_conn(*c));
+        self.sessions.deferred.retain(|c, _| mesh.has_conn(*c));
     }
 
     /// Moves queued versions along now (the simulator and tests have no

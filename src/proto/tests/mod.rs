@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use super::dict::Dict;
 use super::mesh::{PeerInfo, Settings, FIRST_BACKOFF, MAX_BACKOFF, REDIAL_FOR};
-use super::replica::{Replica, Unbounded};
+use super::replica::{Replica, Room, Unbounded};
 use super::sync::LEASE_SECS;
 use super::{ConnId, Event, Node, Now, Output};
 use crate::error::Error;
@@ -19,6 +19,7 @@ use crate::wire::flags::{main, sub};
 use crate::wire::{next_frame, Limits, Packed};
 
 mod compat;
+mod hostile;
 mod reconcile;
 mod timed;
 mod tree;
@@ -309,9 +310,14 @@ impl Net {
     }
 
     fn feed(&mut self, node: usize, conn: ConnId, packed: &Packed) {
+        self.feed_room(node, conn, packed, &Unbounded);
+    }
+
+    /// Feeds a frame with `room` telling how full the peers' queues are.
+    fn feed_room(&mut self, node: usize, conn: ConnId, packed: &Packed, room: &dyn Room) {
         let frame = packed.to_frame(None);
         let now = self.now;
-        self.nodes[node].handle_frame(conn, Bytes::copy_from_slice(&frame[4..]), &Unbounded, now);
+        self.nodes[node].handle_frame(conn, Bytes::copy_from_slice(&frame[4..]), room, now);
         self.settle();
     }
 }
