@@ -588,11 +588,15 @@ impl Sim {
                     Writers::One => 0,
                     Writers::All => self.rng.gen_range(0..self.nodes.len()),
                 };
-                // A node that is down writes once it is back: pick a live one.
-                let writer = (0..self.nodes.len())
+                // A node that is down cannot write: a live one does, or,
+                // with every node down, the write waits for one to be back.
+                let Some(writer) = (0..self.nodes.len())
                     .map(|k| (writer + k) % self.nodes.len())
                     .find(|&w| self.alive(w))
-                    .unwrap_or(writer);
+                else {
+                    self.at(self.now + Duration::from_millis(100), Ev::Write { index });
+                    return;
+                };
                 let key = format!("w{index:06}").into_bytes();
                 self.keys.push(key.clone());
                 let value = Value::from(index as u64);
@@ -616,6 +620,17 @@ impl Sim {
             }
             Ev::Heal => self.partitioned = false,
             Ev::Crash { node } => {
+                // The node drawn may be down already: the next live one
+                // (never the one writer) crashes instead, so `--churn K`
+                // is K restarts; with every node down, none.
+                let n = self.nodes.len();
+                let spared = (self.cfg.writers == Writers::One && n > 1).then_some(0);
+                let Some(node) = (0..n)
+                    .map(|k| (node + k) % n)
+                    .find(|&k| self.alive(k) && Some(k) != spared)
+                else {
+                    return;
+                };
                 let mine: Vec<u64> = {
                     let mut v: Vec<u64> = self
                         .by_end

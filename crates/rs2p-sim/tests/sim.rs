@@ -72,6 +72,25 @@ fn restarted_nodes_catch_up() {
     }
 }
 
+/// More restarts than nodes: a node drawn while it is down is spared and a
+/// live one restarts instead (restarting a live node twice once left its
+/// old links wired to its new connections), and a write due while every
+/// node is down waits for one to be back.
+#[test]
+fn more_restarts_than_nodes() {
+    for (nodes, seed, churn) in [(10, 1, 100), (20, 2, 60)] {
+        let r = check(&SimConfig {
+            nodes,
+            seed,
+            writes: 50,
+            writers: Writers::All,
+            churn,
+            ..SimConfig::default()
+        });
+        assert_eq!(r.writes, 50);
+    }
+}
+
 #[test]
 fn the_same_seed_gives_the_same_run() {
     let cfg = SimConfig {
