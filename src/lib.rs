@@ -183,7 +183,7 @@
 //! items and want lists per reconciliation message, rounds per session); a
 //! malformed one is ignored with the link kept. Each reconciliation message
 //! costs a pass over the dictionary, so a node answers a link's messages
-//! within a budget (32 at once, then one every 500 ms), a peer's sessions
+//! within a budget (64 at once, then one every 500 ms), a peer's sessions
 //! one per half second at most, and holds at most twice its dictionary in
 //! versions queued for a peer that asks faster than it reads; it opens its
 //! own sessions at most once a second per link (a partition that takes

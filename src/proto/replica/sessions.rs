@@ -35,10 +35,13 @@ const MIN_SESSION_GAP: Duration = Duration::from_secs(1);
 const MIN_THEIR_GAP: Duration = Duration::from_millis(500);
 /// Reconciliation messages (ranges or want lists) a peer may send us at
 /// once: each costs a pass over the dictionary, so past this they are
-/// taken at [`BUDGET_EVERY`] only. A session between two honest nodes
-/// takes a few rounds (five or six for a million keys), and a link carries
-/// at most three sessions at a time (each side's, and a gap's).
-pub const BUDGET_BURST: u32 = 32;
+/// taken at [`BUDGET_EVERY`] only. A session's worth ([`MAX_ROUNDS`]):
+/// nodes that mostly agree exchange a few messages a session, and the
+/// largest honest burst, one round of item lists between two dictionaries
+/// of a million keys that all differ, is about 62 (at
+/// [`MAX_LIST`](crate::proto::reconcile::MAX_LIST) items each). What is
+/// refused is found by a later round.
+pub const BUDGET_BURST: u32 = MAX_ROUNDS;
 /// One more reconciliation message is taken per link this often, past the
 /// burst (honest links average one every few seconds: a session per
 /// [`RECONCILE_EVERY`]).
