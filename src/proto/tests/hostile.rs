@@ -31,28 +31,27 @@ fn whisper(net: &Net, from: &str, payload: &[Value]) -> Packed {
     Packed::new(main::WHISPER, from.as_bytes(), net.now.unix, payload)
 }
 
-/// A session's message saying its sender holds nothing at all: the node
-/// answers with every key it holds.
-fn holds_nothing(net: &Net, from: &str, session: u64) -> Packed {
-    let nothing = [Range::Fingerprint {
+/// A session's message whose one range, the whole key space, holds
+/// `count` items summing to `sum`.
+fn whole_space(net: &Net, from: &str, session: u64, count: u64, sum: u64) -> Packed {
+    let range = [Range::Fingerprint {
         lo: 0,
         hi: u64::MAX,
-        count: 0,
-        sum: 0,
+        count,
+        sum,
     }];
-    whisper(net, from, &reconcile::encode_sync(session, &nothing, None))
+    whisper(net, from, &reconcile::encode_sync(session, &range, None))
 }
 
-/// A session's message whose one range differs from any dictionary of
-/// more than one item: the node answers with its ranges.
+/// Its sender holds nothing at all: the node answers with every key.
+fn holds_nothing(net: &Net, from: &str, session: u64) -> Packed {
+    whole_space(net, from, session, 0, 0)
+}
+
+/// Differs from any dictionary of more than one item: the node answers
+/// with its ranges.
 fn differs(net: &Net, from: &str, session: u64) -> Packed {
-    let one = [Range::Fingerprint {
-        lo: 0,
-        hi: u64::MAX,
-        count: 1,
-        sum: 1,
-    }];
-    whisper(net, from, &reconcile::encode_sync(session, &one, None))
+    whole_space(net, from, session, 1, 1)
 }
 
 fn messages_with(net: &Net, fake: &Fake, flags: &[u8]) -> usize {
