@@ -87,9 +87,7 @@ impl Sessions {
         *full = from + BUDGET_EVERY;
         true
     }
-}
 
-impl Sessions {
     fn jittered(&mut self, mesh: &Mesh, now: Now) -> Duration {
         if self.jitter == 0 {
             self.jitter = key_hash(mesh.id()) | 1;
