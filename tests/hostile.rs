@@ -43,6 +43,13 @@ async fn handshaken_raw(a: &MeshSocket, methods: &[Compression]) -> TcpStream {
 
 /// A handshake frame for `a`'s subnet from a node with this id.
 fn handshake(a: &MeshSocket, id: &[u8], methods: &[Compression]) -> bytes::Bytes {
+    let methods = methods.iter().map(|m| Value::from(m.flag())).collect();
+    handshake_listing(a, id, methods)
+}
+
+/// A handshake frame whose list of methods is `methods` as given (rs2p's
+/// capability values included).
+fn handshake_listing(a: &MeshSocket, id: &[u8], methods: Vec<Value>) -> bytes::Bytes {
     Packed::new(
         flags::main::WHISPER,
         id,
@@ -52,7 +59,7 @@ fn handshake(a: &MeshSocket, id: &[u8], methods: &[Compression]) -> bytes::Bytes
             Value::Bin(id.to_vec()),
             Value::Bin(a.protocol_id().as_bytes().to_vec()),
             Value::Array(vec!["127.0.0.1".into(), Value::from(1u16)]),
-            Value::Array(methods.iter().map(|m| Value::from(m.flag())).collect()),
+            Value::Array(methods),
         ],
     )
     .to_frame(None)
@@ -410,4 +417,73 @@ async fn a_relay_holds_its_input_back_for_a_slow_peer_instead_of_dropping_it() {
     reader.abort();
     w.close().await;
     r.close().await;
+}
+
+/// An rs2p-like peer that sends reconciliation want lists in a loop (each
+/// costs the node a pass over its dictionary): past the link's budget they
+/// are counted and not answered, the link stays, and an honest peer keeps
+/// syncing throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_asking_for_versions_in_a_loop_is_held_to_its_budget() {
+    let a = sync_node(true).await;
+    for i in 0..1_000 {
+        a.set(format!("k{i}"), i).await.unwrap();
+    }
+    let b = sync_node(true).await;
+    b.connect("127.0.0.1", a.mesh().local_addr().port())
+        .await
+        .unwrap();
+    wait_until("the honest peer holds a's keys", T, || async {
+        b.len() == 1_000
+    })
+    .await;
+    // The hostile peer's handshake lists the rs2p capabilities, so the
+    // node reconciles with it.
+    let id = b"EvilSync1111111111111111111111111111111111111111111111111111111";
+    let methods = vec![
+        Value::from(Compression::Zlib.flag()),
+        Value::from(flags::compression::RS2P_MARKER),
+        Value::from(flags::compression::RS2P_RECONCILES),
+    ];
+    let mut s = TcpStream::connect(a.mesh().local_addr()).await.unwrap();
+    s.write_all(&handshake_listing(a.mesh(), id, methods))
+        .await
+        .unwrap();
+    wait_until("hostile peer handshaken", T, || async {
+        peer_count(a.mesh()).await == 2
+    })
+    .await;
+    // 300 want lists of 1,000 key hashes each, in one write.
+    let hashes: Vec<Value> = (0..1_000u64)
+        .map(|i| Value::from(i.wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+        .collect();
+    let want = Packed::new(
+        flags::main::WHISPER,
+        id,
+        now(),
+        &[Value::from(flags::sub::RS2P_WANT), Value::Array(hashes)],
+    )
+    .to_frame(None);
+    let burst: Vec<u8> = (0..300).flat_map(|_| want.iter().copied()).collect();
+    s.write_all(&burst).await.unwrap();
+    // The budget takes 64 at once and one more every 500 ms.
+    wait_until("want lists past the budget refused", T, || async {
+        a.mesh()
+            .stats()
+            .await
+            .is_ok_and(|st| st.reconciliation_refused >= 200)
+    })
+    .await;
+    let st = a.mesh().stats().await.unwrap();
+    assert!(st.reconciliation_refused <= 300 - 64, "{st:?}");
+    assert_eq!(st.bad_frames, 0, "{st:?}");
+    assert_eq!(peer_count(a.mesh()).await, 2, "the link stays");
+    a.set("after", 1).await.unwrap();
+    wait_until("the honest peer still syncs", T, || async {
+        b.get("after") == Some(Value::from(1))
+    })
+    .await;
+    drop(s);
+    a.close().await;
+    b.close().await;
 }
