@@ -17,7 +17,10 @@ use crate::wire::flags::{main, sub};
 use crate::wire::packet::{Packet, Store, TransferMeta};
 use crate::wire::{msgpack, Packed};
 
+mod relay;
 mod sessions;
+
+use relay::PassOn;
 
 pub use sessions::{BUDGET_BURST, BUDGET_EVERY, MAX_ROUNDS, RECONCILE_EVERY, RECONCILE_JITTER};
 
@@ -146,31 +149,6 @@ impl TransferItem {
         TransferItem {
             count: 5 + usize::from(since.is_some()),
             payload,
-        }
-    }
-}
-
-/// Where a version that came from one peer by state transfer or merge is
-/// passed on ([`Replica::pass_on`]): found once per message, not once per
-/// item (a node joining through one peer merges its whole dictionary:
-/// looking the links up for each of a million items took a tenth of the
-/// joiner's `perf` samples).
-struct PassOn {
-    /// rs2p peers in the broadcast tree, but the source.
-    tree: Vec<ConnId>,
-    /// py2p and js2p peers ([`Mesh::reference_relays`]).
-    references: Vec<ConnId>,
-}
-
-impl PassOn {
-    fn of(mesh: &Mesh, from: ConnId) -> PassOn {
-        PassOn {
-            tree: mesh
-                .routed(Some(PeerKind::Rs))
-                .into_iter()
-                .filter(|c| *c != from && mesh.eager(*c))
-                .collect(),
-            references: mesh.reference_relays(from),
         }
     }
 }
