@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::net::cmd::{Cmd, Handler, MeshEvent, Message, Shared, SyncEvent, SyncParts};
 use crate::net::conn::{self, ConnEvent, ConnHandle, ConnSettings, SendError};
 use crate::net::transport::{Io, Transport};
-use crate::proto::replica::{Change, Room};
+use crate::proto::replica::{Change, Pump, Room};
 use crate::proto::{ConnId, Event, Node, Now, Output, Received};
 use crate::store::{Store, Stored};
 use crate::value::Value;
@@ -34,6 +34,8 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often bulk work (state transfers) is moved along while peers'
 /// queues are full.
 const PUMP_PERIOD: Duration = Duration::from_millis(2);
+/// State transfer made between yields to the writers (a few batches).
+const PUMP_SLICE: usize = 256 << 10;
 /// How often a node holding its peers' frames back looks at its send
 /// queues again, at the latest.
 const HELD_RECHECK: Duration = Duration::from_millis(5);
@@ -72,6 +74,10 @@ struct Queues<'a>(&'a HashMap<ConnId, ConnHandle>);
 impl Room for Queues<'_> {
     fn queued(&self, conn: ConnId) -> Option<(usize, usize)> {
         self.0.get(&conn).map(ConnHandle::queued_bytes)
+    }
+
+    fn slice(&self) -> usize {
+        PUMP_SLICE
     }
 }
 
@@ -154,7 +160,7 @@ impl Actor {
         mut conn_rx: mpsc::Receiver<ConnEvent>,
         mut dial_rx: mpsc::Receiver<DialDone>,
     ) {
-        let mut pumping = false;
+        let mut pumping = Pump::Done;
         let drained = self.shared.drained.clone();
         loop {
             let deadline = self
@@ -174,7 +180,7 @@ impl Actor {
             let held = self.held();
             if !held && !self.backlog.is_empty() {
                 self.handle_backlog();
-                pumping = true;
+                pumping = Pump::Ready;
                 continue;
             }
             let drained = drained.notified();
@@ -193,7 +199,7 @@ impl Actor {
                         ConnEvent::Frames { conn, bodies } => {
                             self.backlog.extend(bodies.into_iter().map(|b| (conn, b)));
                             self.handle_backlog();
-                            pumping = true;
+                            pumping = Pump::Ready;
                         }
                         ConnEvent::Skipped { conn, error } => {
                             self.node.frame_skipped(conn, &error);
@@ -218,12 +224,14 @@ impl Actor {
                     let now = self.clock.now();
                     self.node.handle_timeout(now);
                 }
-                _ = tokio::time::sleep(PUMP_PERIOD), if pumping => {}
+                _ = tokio::time::sleep(PUMP_PERIOD), if pumping == Pump::Waiting => {}
+                // More to send at once: the writers run first.
+                () = tokio::task::yield_now(), if pumping == Pump::Ready => {}
                 // A writer made progress (the timeout only guards against a
                 // missed signal): look at the queues again.
                 _ = tokio::time::timeout(HELD_RECHECK, drained), if held => {}
             }
-            if pumping {
+            if pumping != Pump::Done {
                 let now = self.clock.now();
                 pumping = self.node.pump(&Queues(&self.conns), now);
             }

@@ -9,7 +9,7 @@ use rand::SeedableRng;
 
 use super::mesh::{Mesh, NodeStats, PeerInfo, Settings, Upcall};
 use super::ordered::HashKeys;
-use super::replica::{Replica, Room};
+use super::replica::{Pump, Replica, Room};
 use super::{ConnId, Event, Now, Output, Received};
 use crate::error::{Error, Result};
 use crate::value::Value;
@@ -190,12 +190,13 @@ impl Node {
         }
     }
 
-    /// Moves state transfers along; true while some are left (call again
-    /// when peers' queues have drained).
-    pub fn pump(&mut self, room: &dyn Room, now: Now) -> bool {
+    /// Moves state transfers along, and says whether some are left and
+    /// when to call again: once peers' queues have drained
+    /// ([`Pump::Waiting`]) or once the writers have run ([`Pump::Ready`]).
+    pub fn pump(&mut self, room: &dyn Room, now: Now) -> Pump {
         match self.replica.as_mut() {
             Some(r) => r.pump(&mut self.mesh, room, now),
-            None => false,
+            None => Pump::Done,
         }
     }
 

@@ -24,7 +24,7 @@ use bytes::{Buf, BytesMut};
 use js_sys::{Array, Object, Uint8Array};
 use rs2p::proto::dict::Dict;
 use rs2p::proto::mesh::Settings;
-use rs2p::proto::replica::{Change, Replica, Room};
+use rs2p::proto::replica::{Change, Pump, Replica, Room};
 use rs2p::proto::{ConnId, Event, Node, Now, Output, PeerKind};
 use rs2p::wire::{ids, next_frame};
 use rs2p::{DecodeError, Error, Value};
@@ -440,7 +440,7 @@ impl Core {
         self.carry_out();
         if self.pumping {
             let now = self.now();
-            self.pumping = self.node.pump(&JsRoom(&self.host), now);
+            self.pumping = self.node.pump(&JsRoom(&self.host), now) != Pump::Done;
             self.carry_out();
         }
         self.rearm();

@@ -5,31 +5,26 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use bytes::Bytes;
-
-use super::dict::{Changed, Dict, NIL};
+use super::dict::{Changed, Dict};
 use super::mesh::{Incoming, Mesh, PeerKind};
 use super::sync::{merge_delta, Meta, Refused, Version, WriteKind};
 use super::{ConnId, Now, Output};
 use crate::error::{Error, Result};
 use crate::value::Value;
 use crate::wire::flags::{main, sub};
+use crate::wire::msgpack;
 use crate::wire::packet::{Packet, Store, TransferMeta};
-use crate::wire::{msgpack, Packed};
 
 mod relay;
 mod sessions;
+mod transfer;
 
 use relay::PassOn;
+use transfer::{send_transfer, Transfer, TransferItem, TRANSFER_BATCH};
 
 pub use sessions::{BUDGET_BURST, BUDGET_EVERY, MAX_ROUNDS, RECONCILE_EVERY, RECONCILE_JITTER};
+pub use transfer::{Pump, Room, Unbounded, TRANSFER_WINDOW};
 
-/// Size of one chunk of a state transfer handed to a connection.
-const TRANSFER_CHUNK: usize = 256 * 1024;
-/// Keys framed per step of a state transfer.
-const TRANSFER_BATCH: usize = 1024;
-/// A state transfer is fed to a peer while less than this is queued for it.
-pub const TRANSFER_WINDOW: usize = 8 << 20;
 /// How far ahead of our clock a write may be dated: later dates are taken
 /// as now plus this, so a peer with a clock years ahead cannot take a lease
 /// for years (py2p and js2p take it as dated).
@@ -81,76 +76,6 @@ pub enum Change {
         /// When the deleter's lease began.
         since: i64,
     },
-}
-
-/// How much more a connection's send queue may take: the shell's answer
-/// for state-transfer pacing (`None` once the connection is gone).
-pub trait Room {
-    /// Bytes queued towards `conn` and not yet written, and the most that
-    /// may be.
-    fn queued(&self, conn: ConnId) -> Option<(usize, usize)>;
-}
-
-/// A [`Room`] without limits (the simulator's links take everything).
-pub struct Unbounded;
-
-impl Room for Unbounded {
-    fn queued(&self, _conn: ConnId) -> Option<(usize, usize)> {
-        Some((0, usize::MAX))
-    }
-}
-
-struct Transfer {
-    conn: ConnId,
-    rs2p: bool,
-    keys: Vec<Box<[u8]>>,
-    next: usize,
-}
-
-impl Transfer {
-    /// Queues more keys, holding at most `cap` (sent keys are dropped
-    /// first, once they are half the queue). A queue that reaches its cap
-    /// belongs to a peer that asks faster than it reads: what does not fit
-    /// reaches it by a later round, as between two nodes that were apart.
-    fn extend_capped(&mut self, keys: impl IntoIterator<Item = Box<[u8]>>, cap: usize) {
-        if self.next > self.keys.len() / 2 {
-            self.keys.drain(..self.next);
-            self.next = 0;
-        }
-        let room = cap.saturating_sub(self.keys.len());
-        self.keys.extend(keys.into_iter().take(room));
-    }
-
-    fn unsent(&self) -> usize {
-        self.keys.len() - self.next
-    }
-}
-
-/// A state-transfer store `[store, key, value, owner, timestamp]`, with the
-/// lease start as a sixth packet between rs2p nodes (`since`), encoded
-/// packet after packet from the value's encoding (as the dictionary keeps
-/// it).
-struct TransferItem {
-    count: usize,
-    payload: Vec<u8>,
-}
-
-impl TransferItem {
-    fn new(key: &[u8], value: &[u8], owner: &[u8], timestamp: i64, since: Option<i64>) -> Self {
-        let mut payload = Vec::with_capacity(24 + key.len() + value.len() + owner.len());
-        msgpack::encode_into(&Value::from(sub::STORE), &mut payload);
-        msgpack::encode_bin(key, &mut payload);
-        payload.extend_from_slice(value);
-        msgpack::encode_bin(owner, &mut payload);
-        msgpack::encode_int(timestamp.into(), &mut payload);
-        if let Some(since) = since {
-            msgpack::encode_int(since.into(), &mut payload);
-        }
-        TransferItem {
-            count: 5 + usize::from(since.is_some()),
-            payload,
-        }
-    }
 }
 
 /// The dictionary's state machine. The dictionary itself sits behind a
@@ -365,71 +290,6 @@ impl Replica {
             next: 0,
         });
         self.pump(mesh, room, now);
-    }
-
-    /// True while a state transfer is under way.
-    pub fn transferring(&self) -> bool {
-        !self.transfers.is_empty()
-    }
-
-    /// Keys queued for peers and not yet sent (state transfers and
-    /// reconciliation answers).
-    pub fn queued_keys(&self) -> usize {
-        self.transfers.iter().map(Transfer::unsent).sum()
-    }
-
-    /// Moves state transfers along as peers' queues drain; true while work
-    /// is left.
-    pub(crate) fn pump(&mut self, mesh: &mut Mesh, room: &dyn Room, now: Now) -> bool {
-        let mut jobs = std::mem::take(&mut self.transfers);
-        jobs.retain_mut(|job| loop {
-            if !mesh.has_conn(job.conn) {
-                return false;
-            }
-            match room.queued(job.conn) {
-                None => return false,
-                // Keep the transfer to a quarter of the peer's queue.
-                Some((q, max)) if q + mesh.unsent(job.conn) >= TRANSFER_WINDOW.min(max / 4) => {
-                    return true
-                }
-                Some(_) => {}
-            }
-            if job.next >= job.keys.len() {
-                return false;
-            }
-            let mut items = Vec::new();
-            {
-                let d = self.lock();
-                while job.next < job.keys.len() && items.len() < TRANSFER_BATCH {
-                    let key = &job.keys[job.next];
-                    job.next += 1;
-                    // Keys changed or deleted since the snapshot are sent
-                    // as they are now (live broadcasts carry the rest).
-                    if let Some(e) = d.map.get(key) {
-                        items.push(TransferItem::new(
-                            key,
-                            e.value_bytes(),
-                            e.owner(),
-                            e.timestamp(),
-                            job.rs2p.then(|| e.since()),
-                        ));
-                    } else if job.rs2p {
-                        if let Some(t) = d.tombs.get(key, &()) {
-                            items.push(TransferItem::new(
-                                key,
-                                NIL,
-                                &t.meta.owner,
-                                t.meta.timestamp,
-                                Some(t.since),
-                            ));
-                        }
-                    }
-                }
-            }
-            send_transfer(mesh, job.conn, &items, now);
-        });
-        self.transfers = jobs;
-        !self.transfers.is_empty()
     }
 
     /// A message for the dictionary; false when it is not one.
@@ -705,119 +565,4 @@ fn check_value(mesh: &Mesh, key: &[u8], value: &Value) -> Result<()> {
         });
     }
     Ok(())
-}
-
-/// Sends state-transfer items; to rs2p peers that read them, several per
-/// message ([`sub::RS2P_STORES`]), up to [`BATCH_BYTES`] of items each.
-fn send_transfer(mesh: &mut Mesh, conn: ConnId, items: &[TransferItem], now: Now) {
-    if mesh.batches(conn) && items.len() > 1 && items.iter().all(|i| i.count == 6) {
-        return send_batches(mesh, conn, items, now);
-    }
-    let mut chunk: Vec<Bytes> = Vec::new();
-    let mut chunk_len = 0;
-    for item in items {
-        let packed = Packed::from_encoded_payload(
-            main::WHISPER,
-            mesh.id(),
-            now.unix,
-            item.count,
-            &item.payload,
-        );
-        let frame = packed.framed(mesh.framing(conn, packed.body().len()));
-        chunk_len += frame.len();
-        mesh.transfer_sent(frame.len());
-        chunk.push(frame);
-        if chunk_len >= TRANSFER_CHUNK {
-            mesh.send_frames(conn, &std::mem::take(&mut chunk), now);
-            chunk_len = 0;
-        }
-    }
-    if !chunk.is_empty() {
-        mesh.send_frames(conn, &chunk, now);
-    }
-}
-
-/// Items (their encodings) in one batch, at most: a batch compresses as a
-/// whole and pays one header, and stays far below any frame limit.
-const BATCH_BYTES: usize = 64 << 10;
-
-/// Sends rs2p items (six packets each: the store sub-flag, then the five
-/// a batch carries per item) in batches.
-fn send_batches(mesh: &mut Mesh, conn: ConnId, items: &[TransferItem], now: Now) {
-    let mut head = Vec::with_capacity(1);
-    msgpack::encode_into(&Value::from(sub::STORE), &mut head);
-    let mut batch_head = Vec::with_capacity(1);
-    msgpack::encode_into(&Value::from(sub::RS2P_STORES), &mut batch_head);
-    let mut frames: Vec<Bytes> = Vec::new();
-    let mut payload = batch_head.clone();
-    let mut count = 1;
-    let mut flush = |payload: &mut Vec<u8>, count: &mut usize, mesh: &mut Mesh| {
-        if *count == 1 {
-            return;
-        }
-        let packed =
-            Packed::from_encoded_payload(main::WHISPER, mesh.id(), now.unix, *count, payload);
-        let frame = packed.framed(mesh.framing(conn, packed.body().len()));
-        mesh.transfer_sent(frame.len());
-        frames.push(frame);
-        payload.clear();
-        payload.extend_from_slice(&batch_head);
-        *count = 1;
-    };
-    for item in items {
-        // Each item's encoding starts with the store sub-flag, which the
-        // batch's own replaces.
-        let body = item
-            .payload
-            .strip_prefix(head.as_slice())
-            .unwrap_or(&item.payload);
-        if payload.len() + body.len() > BATCH_BYTES {
-            flush(&mut payload, &mut count, mesh);
-        }
-        payload.extend_from_slice(body);
-        count += 5;
-    }
-    flush(&mut payload, &mut count, mesh);
-    mesh.send_frames(conn, &frames, now);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A transfer item packs to the same message, byte for byte, as the
-    /// packets it stands for.
-    #[test]
-    fn transfer_items_pack_like_their_packets() {
-        let value = Value::Map(vec![(Value::from("a"), Value::Bin(vec![1; 300]))]);
-        for since in [None, Some(1_700_000_000)] {
-            for v in [value.clone(), Value::Nil, Value::from(-5)] {
-                let item = TransferItem::new(
-                    b"key",
-                    &msgpack::encode(&v),
-                    b"owner-id",
-                    1_795_733_000,
-                    since,
-                );
-                let mut packets = vec![
-                    Value::from(sub::STORE),
-                    Value::Bin(b"key".to_vec()),
-                    v,
-                    Value::Bin(b"owner-id".to_vec()),
-                    Value::from(1_795_733_000i64),
-                ];
-                packets.extend(since.map(Value::from));
-                let want = Packed::new(main::WHISPER, b"me", 42, &packets);
-                let got = Packed::from_encoded_payload(
-                    main::WHISPER,
-                    b"me",
-                    42,
-                    item.count,
-                    &item.payload,
-                );
-                assert_eq!(got, want);
-            }
-        }
-        assert_eq!(msgpack::encode(&Value::Nil), NIL);
-    }
 }

@@ -3,10 +3,8 @@
 
 use super::*;
 use crate::proto::dict::key_hash;
-use crate::proto::reconcile::{self, Range};
+use crate::proto::reconcile;
 use crate::proto::replica::{BUDGET_BURST, BUDGET_EVERY, MAX_ROUNDS};
-use crate::proto::PeerKind;
-use crate::wire::flags::compression::{RS2P_MARKER, RS2P_RECONCILES};
 
 /// Send queues that are always full: a peer that never reads.
 struct Full;
@@ -17,52 +15,11 @@ impl Room for Full {
     }
 }
 
-fn reconciling_peer(net: &mut Net, node: usize, id: &str, port: u16) -> Fake {
-    net.fake_with(
-        node,
-        id,
-        PeerKind::Rs,
-        port,
-        &[RS2P_MARKER, RS2P_RECONCILES],
-    )
-}
-
-fn whisper(net: &Net, from: &str, payload: &[Value]) -> Packed {
-    Packed::new(main::WHISPER, from.as_bytes(), net.now.unix, payload)
-}
-
-/// A session's message whose one range, the whole key space, holds
-/// `count` items summing to `sum`.
-fn whole_space(net: &Net, from: &str, session: u64, count: u64, sum: u64) -> Packed {
-    let range = [Range::Fingerprint {
-        lo: 0,
-        hi: u64::MAX,
-        count,
-        sum,
-    }];
-    whisper(net, from, &reconcile::encode_sync(session, &range, None))
-}
-
-/// Its sender holds nothing at all: the node answers with every key.
-fn holds_nothing(net: &Net, from: &str, session: u64) -> Packed {
-    whole_space(net, from, session, 0, 0)
-}
-
 /// Differs from any dictionary of more than one item: the node answers
 /// with its ranges.
 fn differs(net: &Net, from: &str, session: u64) -> Packed {
     whole_space(net, from, session, 1, 1)
 }
-
-fn messages_with(net: &Net, fake: &Fake, flags: &[u8]) -> usize {
-    sent_to(net, 0, fake)
-        .iter()
-        .filter(|m| m.msg_type == main::WHISPER && m.sub_flag().is_some_and(|f| flags.contains(&f)))
-        .count()
-}
-
-/// Versions sent, alone or in batches.
-const STORES: &[u8] = &[sub::STORE, sub::RS2P_STORES];
 
 #[test]
 fn a_peer_that_asks_for_everything_without_reading_holds_a_bounded_queue() {

@@ -10,11 +10,13 @@ use bytes::Bytes;
 
 use super::dict::Dict;
 use super::mesh::{PeerInfo, Settings, FIRST_BACKOFF, MAX_BACKOFF, REDIAL_FOR};
+use super::reconcile::{self as rec, Range};
 use super::replica::{Replica, Room, Unbounded};
 use super::sync::LEASE_SECS;
 use super::{ConnId, Event, Node, Now, Output};
 use crate::error::Error;
 use crate::value::Value;
+use crate::wire::flags::compression::{RS2P_MARKER, RS2P_RECONCILES};
 use crate::wire::flags::{main, sub};
 use crate::wire::{next_frame, Limits, Packed};
 
@@ -345,6 +347,48 @@ fn sent_to(net: &Net, node: usize, fake: &Fake) -> Vec<crate::wire::WireMessage>
         })
         .collect()
 }
+
+/// A scripted rs2p peer that reconciles.
+fn reconciling_peer(net: &mut Net, node: usize, id: &str, port: u16) -> Fake {
+    net.fake_with(
+        node,
+        id,
+        super::PeerKind::Rs,
+        port,
+        &[RS2P_MARKER, RS2P_RECONCILES],
+    )
+}
+
+fn whisper(net: &Net, from: &str, payload: &[Value]) -> Packed {
+    Packed::new(main::WHISPER, from.as_bytes(), net.now.unix, payload)
+}
+
+/// A session's message whose one range, the whole key space, holds
+/// `count` items summing to `sum`.
+fn whole_space(net: &Net, from: &str, session: u64, count: u64, sum: u64) -> Packed {
+    let range = [Range::Fingerprint {
+        lo: 0,
+        hi: u64::MAX,
+        count,
+        sum,
+    }];
+    whisper(net, from, &rec::encode_sync(session, &range, None))
+}
+
+/// Its sender holds nothing at all: the node answers with every key.
+fn holds_nothing(net: &Net, from: &str, session: u64) -> Packed {
+    whole_space(net, from, session, 0, 0)
+}
+
+fn messages_with(net: &Net, fake: &Fake, flags: &[u8]) -> usize {
+    sent_to(net, 0, fake)
+        .iter()
+        .filter(|m| m.msg_type == main::WHISPER && m.sub_flag().is_some_and(|f| flags.contains(&f)))
+        .count()
+}
+
+/// Versions sent, alone or in batches.
+const STORES: &[u8] = &[sub::STORE, sub::RS2P_STORES];
 
 fn fill(net: &mut Net, node: usize, keys: impl IntoIterator<Item = String>) {
     let now = net.now;

@@ -139,3 +139,53 @@ fn a_crashed_writer_s_last_writes_are_shared_by_its_neighbours_at_once() {
         "without waiting for a round"
     );
 }
+
+/// Send queues with room, and a shell that takes a transfer a slice at a
+/// time (its writers run between calls, as with one tokio worker).
+struct Sliced;
+
+impl Room for Sliced {
+    fn queued(&self, _conn: ConnId) -> Option<(usize, usize)> {
+        Some((0, usize::MAX))
+    }
+
+    fn slice(&self) -> usize {
+        16 << 10
+    }
+}
+
+#[test]
+fn a_transfer_is_made_a_slice_at_a_time_when_the_shell_asks() {
+    use crate::proto::replica::Pump;
+    let mut net = Net::new(&["A"]);
+    fill(&mut net, 0, (0..5000).map(|i| format!("k{i}")));
+    let r = reconciling_peer(&mut net, 0, "R", 10);
+    // R holds nothing: A queues its 5,000 keys, taken 1,024 at a time
+    // (sent one store a message to this peer, which takes no batches), and
+    // makes one such batch (over the 16 KiB slice) before it returns.
+    let msg = holds_nothing(&net, "R", 1);
+    net.feed_room(0, r.conn, &msg, &Sliced);
+    assert_eq!(messages_with(&net, &r, STORES), 1024);
+    let mut calls = Vec::new();
+    loop {
+        let now = net.now;
+        let pumped = net.nodes[0].pump(&Sliced, now);
+        net.settle();
+        calls.push(pumped);
+        if pumped != Pump::Ready || calls.len() > 10 {
+            break;
+        }
+    }
+    assert_eq!(
+        calls,
+        [Pump::Ready, Pump::Ready, Pump::Ready, Pump::Done],
+        "a batch a call, and nothing left at the end"
+    );
+    assert_eq!(messages_with(&net, &r, STORES), 5000);
+    assert_eq!(net.nodes[0].replica().expect("sync node").queued_keys(), 0);
+    // Without a slice (the simulator), the whole transfer goes at once.
+    let r2 = reconciling_peer(&mut net, 0, "S", 11);
+    let msg = holds_nothing(&net, "S", 1);
+    net.feed(0, r2.conn, &msg);
+    assert_eq!(messages_with(&net, &r2, STORES), 5000);
+}
