@@ -325,43 +325,45 @@ impl Actor {
         }
     }
 
-    /// A dictionary change: persisted (with a data dir) and announced.
+    /// A dictionary change: persisted (with a data dir) and announced. The
+    /// store's copy is made only when there is a store: a node joining a
+    /// mesh of a million keys makes a million changes.
     fn changed(&mut self, change: Change) {
         let Some((events, store)) = &self.sync else {
             return;
         };
-        let (key, stored, event) = match change {
-            Change::Set {
-                key,
-                value,
-                meta,
-                since,
-            } => {
-                let stored = Stored {
-                    value: Some(value.clone()),
-                    meta: meta.clone(),
-                    since,
-                };
-                let ev = SyncEvent::Update {
-                    key: key.clone(),
+        if let Some(store) = store {
+            let (key, stored) = match &change {
+                Change::Set {
+                    key,
                     value,
                     meta,
-                };
-                (key, stored, ev)
-            }
-            Change::Deleted { key, meta, since } => {
-                let stored = Stored {
-                    value: None,
-                    meta,
                     since,
-                };
-                let ev = SyncEvent::Delete { key: key.clone() };
-                (key, stored, ev)
-            }
-        };
-        if let Some(store) = store {
-            self.last_seq = store.record(&key, Some(stored));
+                } => (
+                    key,
+                    Stored {
+                        value: Some(value.clone()),
+                        meta: meta.clone(),
+                        since: *since,
+                    },
+                ),
+                Change::Deleted { key, meta, since } => (
+                    key,
+                    Stored {
+                        value: None,
+                        meta: meta.clone(),
+                        since: *since,
+                    },
+                ),
+            };
+            self.last_seq = store.record(key, Some(stored));
         }
+        let event = match change {
+            Change::Set {
+                key, value, meta, ..
+            } => SyncEvent::Update { key, value, meta },
+            Change::Deleted { key, .. } => SyncEvent::Delete { key },
+        };
         let _ = events.send(event);
     }
 
