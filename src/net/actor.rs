@@ -333,28 +333,19 @@ impl Actor {
             return;
         };
         if let Some(store) = store {
-            let (key, stored) = match &change {
+            let (key, value, meta, since) = match &change {
                 Change::Set {
                     key,
                     value,
                     meta,
                     since,
-                } => (
-                    key,
-                    Stored {
-                        value: Some(value.clone()),
-                        meta: meta.clone(),
-                        since: *since,
-                    },
-                ),
-                Change::Deleted { key, meta, since } => (
-                    key,
-                    Stored {
-                        value: None,
-                        meta: meta.clone(),
-                        since: *since,
-                    },
-                ),
+                } => (key, Some(value.clone()), meta, since),
+                Change::Deleted { key, meta, since } => (key, None, meta, since),
+            };
+            let stored = Stored {
+                value,
+                meta: meta.clone(),
+                since: *since,
             };
             self.last_seq = store.record(key, Some(stored));
         }
