@@ -100,6 +100,11 @@ impl Keyed<()> for Tomb {
 
 /// Tombstones kept at most; the oldest are forgotten first.
 pub const MAX_TOMBSTONES: usize = 100_000;
+
+/// Keys a peer's hint ([`Dict::reserve`]) makes room for, at most: a
+/// hostile hint costs at most the index's control bytes (8 MiB) and
+/// address space the index and entries fill only as keys arrive.
+pub const MAX_RESERVE: usize = 1 << 22;
 /// How long a tombstone is kept: a partition healing later than this may
 /// bring a deleted key back.
 pub const TOMBSTONE_SECS: i64 = 24 * 3600;
@@ -167,6 +172,19 @@ impl Dict {
     /// The keys, in insertion order (the values are not decoded).
     pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
         self.map.keys()
+    }
+
+    /// Makes room for `additional` more keys at once: a peer's hint that
+    /// that many new keys follow (a node joining a mesh), so the index is
+    /// not grown step by step while they arrive. The room made, hint after
+    /// hint, is at most [`MAX_RESERVE`] keys.
+    pub fn reserve(&mut self, additional: u64) {
+        let len = self.map.len();
+        let room = MAX_RESERVE.saturating_sub(len);
+        let additional = usize::try_from(additional).unwrap_or(usize::MAX).min(room);
+        if additional > 0 {
+            self.map.reserve(additional);
+        }
     }
 
     /// Number of tombstones held.

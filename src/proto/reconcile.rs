@@ -175,6 +175,10 @@ pub struct Answer {
     pub send: Vec<Vec<u8>>,
     /// Key hashes of the peer's versions to ask for.
     pub want: Vec<u64>,
+    /// How many of `send` are keys (not tombstones) the peer holds no
+    /// version of: in ranges where it holds nothing, or missing from its
+    /// item lists (worth a hint, [`encode_expect`], when a node joins).
+    pub fresh: usize,
 }
 
 /// The opening message of a session: the whole space, split (or listed
@@ -325,7 +329,10 @@ pub fn answer(dict: &Dict, ranges: &[Range]) -> Answer {
         let Some(u) = find(it.kh) else { continue };
         match plans[u] {
             Plan::Done => {}
-            Plan::SendAll => out.send.push(it.key.to_vec()),
+            Plan::SendAll => {
+                out.fresh += usize::from(matches!(it.of, Of::Entry(_)));
+                out.send.push(it.key.to_vec());
+            }
             Plan::List => lists[u].push((it.kh, it.ih())),
             Plan::Split => {
                 if parts[u].is_empty() {
@@ -349,7 +356,10 @@ pub fn answer(dict: &Dict, ranges: &[Range]) -> Answer {
                         out.send.push(it.key.to_vec());
                         out.want.push(it.kh);
                     }
-                    None => out.send.push(it.key.to_vec()),
+                    None => {
+                        out.fresh += usize::from(matches!(it.of, Of::Entry(_)));
+                        out.send.push(it.key.to_vec());
+                    }
                 }
             }
         }
@@ -537,6 +547,17 @@ pub fn decode_want(payload: &[Value]) -> Option<Vec<u64>> {
         return None;
     }
     list.iter().map(Value::as_u64).collect()
+}
+
+/// Answers with at least this many new keys for the peer go with a hint
+/// ([`encode_expect`]): below it, growing the index as they come costs
+/// next to nothing.
+pub const EXPECT_MIN: usize = 4096;
+
+/// `[RS2P_EXPECT, count]`: about `count` keys the peer does not hold
+/// follow, so that it makes room for them at once.
+pub fn encode_expect(count: usize) -> Vec<Value> {
+    vec![Value::from(sub::RS2P_EXPECT), int(count as u64)]
 }
 
 #[cfg(test)]

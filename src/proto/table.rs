@@ -600,6 +600,16 @@ impl Table {
         }
     }
 
+    /// Makes room for `additional` more keys (see [`Ordered::reserve`]).
+    pub fn reserve(&mut self, additional: usize) {
+        self.map.reserve(additional, &self.records);
+    }
+
+    #[cfg(test)]
+    pub fn capacity(&self) -> usize {
+        self.map.capacity()
+    }
+
     /// Removes a key, keeping the order of the others; true if it was there.
     pub fn remove(&mut self, key: &[u8]) -> bool {
         match self.map.remove(key, &self.records) {

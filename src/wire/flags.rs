@@ -91,6 +91,12 @@ pub mod sub {
     /// reconciliation pays one header and checksum per batch, not per key,
     /// and the batch compresses as a whole.
     pub const RS2P_STORES: u8 = 0x28;
+    /// Not in protocol 0.7: "the versions of about this many keys you do
+    /// not hold follow" (`[0x27, count]`), sent by an rs2p node whose
+    /// reconciliation answer sends a peer thousands of new keys (a node
+    /// joining), so that the peer makes room for them at once instead of
+    /// growing its index as they arrive.
+    pub const RS2P_EXPECT: u8 = 0x27;
 }
 
 /// Compression flags, as advertised in handshakes (see

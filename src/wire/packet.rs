@@ -164,6 +164,9 @@ pub enum Packet {
     Sync,
     /// rs2p only: a want list ([`sub::RS2P_WANT`]).
     Want,
+    /// rs2p only: about this many keys new to us follow
+    /// ([`sub::RS2P_EXPECT`]).
+    Expect(u64),
     /// rs2p only: broadcasts the peer holds ([`sub::RS2P_IHAVE`]).
     IHave(TreeIds),
     /// rs2p only: push to the peer again and send it these
@@ -328,6 +331,10 @@ impl Packet {
             Some(sub::RS2P_PRUNE) => Packet::Prune,
             Some(sub::RS2P_SYNC) => Packet::Sync,
             Some(sub::RS2P_WANT) => Packet::Want,
+            Some(sub::RS2P_EXPECT) => match p.get(1).and_then(Value::as_u64) {
+                Some(count) => Packet::Expect(count),
+                None => Packet::Ignored("malformed expect"),
+            },
             Some(sub::RS2P_PROBE) => Packet::Probe {
                 reply: p.get(1).and_then(Value::as_u64) == Some(1),
             },
@@ -391,6 +398,7 @@ impl Packet {
                 | Packet::Delta { .. }
                 | Packet::Sync
                 | Packet::Want
+                | Packet::Expect(_)
         )
     }
 }

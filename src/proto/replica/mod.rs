@@ -364,6 +364,12 @@ impl Replica {
                 self.on_want(mesh, inc.conn, &inc.msg.payload, now);
                 true
             }
+            Packet::Expect(count) if mesh.reconciles(inc.conn) => {
+                // Room is all a hint makes, and only so much
+                // (`dict::MAX_RESERVE`): no budget needed.
+                self.lock().reserve(*count);
+                true
+            }
             // A store or delta with malformed fields: consumed, as the
             // references would (they drop the link instead).
             Packet::Ignored(_) => true,

@@ -208,6 +208,12 @@ impl Replica {
                 .and_then(|s| reconcile::answer_sketch(&d, &s))
                 .unwrap_or_else(|| reconcile::answer(&d, &ranges))
         };
+        if answer.fresh >= reconcile::EXPECT_MIN {
+            // Ahead of the keys, which are queued and paced.
+            let payload = reconcile::encode_expect(answer.fresh);
+            let packed = Packed::new(main::WHISPER, mesh.id(), now.unix, &payload);
+            mesh.send_packed(conn, &packed, now);
+        }
         if !answer.send.is_empty() {
             self.queue_keys(conn, answer.send);
         }

@@ -189,3 +189,76 @@ fn a_transfer_is_made_a_slice_at_a_time_when_the_shell_asks() {
     net.feed(0, r2.conn, &msg);
     assert_eq!(messages_with(&net, &r2, STORES), 5000);
 }
+
+/// A node answering a peer that holds nothing says how many keys follow,
+/// ahead of the first of them; fewer than [`rec::EXPECT_MIN`] go without.
+#[test]
+fn a_holder_announces_how_many_new_keys_follow() {
+    let mut net = Net::new(&["A"]);
+    fill(&mut net, 0, (0..5000).map(|i| format!("k{i}")));
+    let r = reconciling_peer(&mut net, 0, "R", 10);
+    let msg = holds_nothing(&net, "R", 1);
+    net.feed(0, r.conn, &msg);
+    let sent = sent_to(&net, 0, &r);
+    let first_store = sent
+        .iter()
+        .position(|m| m.sub_flag().is_some_and(|f| STORES.contains(&f)))
+        .expect("the keys were sent");
+    let hints: Vec<(usize, Option<u64>)> = sent
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.sub_flag() == Some(sub::RS2P_EXPECT))
+        .map(|(i, m)| (i, m.payload.get(1).and_then(Value::as_u64)))
+        .collect();
+    assert_eq!(hints.len(), 1, "{hints:?}");
+    assert_eq!(hints[0].1, Some(5000));
+    assert!(hints[0].0 < first_store, "the hint comes first");
+
+    // A small answer goes without a hint.
+    let mut net = Net::new(&["A"]);
+    fill(&mut net, 0, (0..100).map(|i| format!("k{i}")));
+    let r = reconciling_peer(&mut net, 0, "R", 10);
+    let msg = holds_nothing(&net, "R", 1);
+    net.feed(0, r.conn, &msg);
+    assert_eq!(messages_with(&net, &r, STORES), 100);
+    assert_eq!(messages_with(&net, &r, &[sub::RS2P_EXPECT]), 0);
+}
+
+/// The hint makes room at once (the index is not grown again while the
+/// keys arrive), never more than `MAX_RESERVE` keys however large the
+/// count, and only from a peer that reconciles.
+#[test]
+fn a_hint_makes_room_at_once_and_only_so_much() {
+    use crate::proto::dict::MAX_RESERVE;
+    let capacity = |net: &Net| net.dicts[0].lock().unwrap().map.capacity();
+    let mut net = Net::new(&["B"]);
+    let py = net.fake(0, "P", crate::PeerKind::Py, 9);
+    let hint = |net: &Net, from: &str, n: u64| {
+        whisper(net, from, &[Value::from(sub::RS2P_EXPECT), Value::from(n)])
+    };
+    let msg = hint(&net, "P", 5000);
+    net.feed(0, py.conn, &msg);
+    assert!(capacity(&net) < 5000, "not from a py2p peer");
+    let r = reconciling_peer(&mut net, 0, "R", 10);
+    let msg = hint(&net, "R", 5000);
+    net.feed(0, r.conn, &msg);
+    let made = capacity(&net);
+    assert!(made >= 5000, "{made}");
+    fill(&mut net, 0, (0..5000).map(|i| format!("k{i}")));
+    assert_eq!(capacity(&net), made, "no growth while the keys came");
+    // A hostile count.
+    let msg = hint(&net, "R", u64::MAX);
+    net.feed(0, r.conn, &msg);
+    let made = capacity(&net);
+    assert!((MAX_RESERVE..2 * MAX_RESERVE).contains(&made), "{made}");
+    let msg = hint(&net, "R", u64::MAX);
+    net.feed(0, r.conn, &msg);
+    assert_eq!(capacity(&net), made, "room is made once");
+    let msg = whisper(
+        &net,
+        "R",
+        &[Value::from(sub::RS2P_EXPECT), Value::from("x")],
+    );
+    net.feed(0, r.conn, &msg);
+    assert_eq!(net.nodes[0].peers().len(), 2, "both links kept");
+}
