@@ -31,12 +31,15 @@ use crate::node::now_us;
 mod formation;
 mod mesh;
 mod nodes;
+mod plan;
 mod report;
 mod restart;
 mod scenarios;
+mod sim;
 
 use mesh::*;
 use nodes::*;
+use plan::Plan;
 use report::*;
 use scenarios::*;
 
@@ -65,7 +68,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "docs/benchmarks")]
     pub out: PathBuf,
     /// Only these scenarios (comma-separated: latency, throughput, join,
-    /// memory, wire, formation, restart).
+    /// memory, wire, formation, restart, sim).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// The repository (holds crates/rs2p-bench/adapters/ and .peers/;
@@ -107,92 +110,6 @@ pub struct BenchArgs {
     /// `M,D`.
     #[arg(long, value_delimiter = ',', value_name = "M,D")]
     pub restart_keys: Vec<usize>,
-}
-
-// ------------------------------------------------------------------ plan
-
-/// Sizes and limits of a benchmark run.
-#[derive(Debug, Clone)]
-struct Plan {
-    runs: usize,
-    lat_sizes: Vec<usize>,
-    lat_sets: usize,
-    lat_spacing_ms: u64,
-    lat_log: Option<std::path::PathBuf>,
-    lat_limit: Duration,
-    tp_nodes: usize,
-    tp_keys: usize,
-    tp_keys_ref: usize,
-    tp_value: usize,
-    tp_limit: Duration,
-    join_sizes: Vec<usize>,
-    join_size_ref: usize,
-    join_limit: Duration,
-    load_limit: Duration,
-    mem_keys: usize,
-    value: usize,
-    wire_sets: usize,
-    wire_limit: Duration,
-    form_sizes: Vec<usize>,
-    restart_keys: usize,
-    restart_stale: usize,
-}
-
-impl Plan {
-    fn full() -> Plan {
-        Plan {
-            runs: 3,
-            lat_sizes: vec![3, 8, 16],
-            lat_sets: 200,
-            lat_spacing_ms: 50,
-            lat_log: None,
-            lat_limit: Duration::from_secs(60),
-            tp_nodes: 8,
-            tp_keys: 10_000,
-            tp_keys_ref: 3_000,
-            tp_value: 16,
-            tp_limit: Duration::from_secs(120),
-            join_sizes: vec![10_000, 100_000, 1_000_000],
-            join_size_ref: 10_000,
-            join_limit: Duration::from_secs(90),
-            load_limit: Duration::from_secs(180),
-            mem_keys: 100_000,
-            value: 100,
-            wire_sets: 1000,
-            wire_limit: Duration::from_secs(60),
-            form_sizes: vec![16],
-            restart_keys: 1_000_000,
-            restart_stale: 100,
-        }
-    }
-
-    fn quick() -> Plan {
-        Plan {
-            runs: 1,
-            lat_sizes: vec![3, 8],
-            lat_sets: 50,
-            tp_keys: 2_000,
-            tp_keys_ref: 500,
-            tp_limit: Duration::from_secs(60),
-            join_sizes: vec![2_000, 10_000],
-            join_size_ref: 2_000,
-            join_limit: Duration::from_secs(30),
-            load_limit: Duration::from_secs(60),
-            mem_keys: 20_000,
-            wire_sets: 200,
-            form_sizes: vec![8],
-            restart_keys: 20_000,
-            ..Plan::full()
-        }
-    }
-
-    fn tp_keys_for(&self, imp: Impl) -> usize {
-        if imp.is_ref() {
-            self.tp_keys_ref
-        } else {
-            self.tp_keys
-        }
-    }
 }
 
 // ------------------------------------------------------------------ main
@@ -273,6 +190,7 @@ async fn bench(args: BenchArgs) -> ExitCode {
         "wire",
         "formation",
         "restart",
+        "sim",
     ];
     for s in &args.only {
         if !scenarios.contains(&s.as_str()) {
@@ -373,6 +291,11 @@ async fn bench(args: BenchArgs) -> ExitCode {
     if wanted("restart") && impls.contains(&Impl::Rs2p) {
         jobs.push(("restart", 0, Impl::Rs2p, plan.restart_keys));
     }
+    if wanted("sim") && impls.contains(&Impl::Rs2p) {
+        for case in 0..sim::CASES.len() {
+            jobs.push(("sim", case, Impl::Rs2p, plan.sim_nodes));
+        }
+    }
 
     for (scenario, key, imp, size) in jobs {
         let mut m = Measured {
@@ -384,7 +307,9 @@ async fn bench(args: BenchArgs) -> ExitCode {
             skipped: unavailable.get(&imp).cloned(),
         };
         if m.skipped.is_none() {
-            for r in 0..plan.runs {
+            // A simulation gives the same figures every run.
+            let runs = if scenario == "sim" { 1 } else { plan.runs };
+            for r in 0..runs {
                 let what = match scenario {
                     "latency" => format!("latency N={key}"),
                     "throughput" => format!("throughput N={} K={size}", plan.tp_nodes),
@@ -392,6 +317,7 @@ async fn bench(args: BenchArgs) -> ExitCode {
                     "memory" => format!("memory M={size}"),
                     "formation" => format!("formation N={key}"),
                     "restart" => format!("restart M={size} D={}", plan.restart_stale),
+                    "sim" => format!("simulator N={size}, {}", sim::CASES[key]),
                     _ => format!("wire {size} sets"),
                 };
                 eprint!(
@@ -399,7 +325,7 @@ async fn bench(args: BenchArgs) -> ExitCode {
                     started.elapsed().as_secs_f64(),
                     imp.name(),
                     r + 1,
-                    plan.runs
+                    runs
                 );
                 let _ = std::io::stderr().flush();
                 let res = match scenario {
@@ -409,6 +335,7 @@ async fn bench(args: BenchArgs) -> ExitCode {
                     "memory" => run_memory(&env, imp, size, &plan).await,
                     "formation" => formation::run_formation(&env, imp, key).await,
                     "restart" => restart::run_restart(&env, size, plan.restart_stale, &plan).await,
+                    "sim" => sim::run_sim(key, size, plan.sim_writes).await,
                     _ => run_wire(&env, imp, &plan).await,
                 };
                 match &res {
@@ -524,7 +451,7 @@ async fn bench(args: BenchArgs) -> ExitCode {
             );
         }
         if impls.contains(&Impl::Rs2p) {
-            let t = match (spec.target, ours) {
+            let mut t = match (spec.target, ours) {
                 (Some(t), Some((v, _))) => {
                     let met = target_met(t, v);
                     target_json = json!({ "value": t.0, "op": t.1, "met": met });
@@ -541,6 +468,21 @@ async fn bench(args: BenchArgs) -> ExitCode {
                 }
                 _ => String::new(),
             };
+            if let Some((other, times)) = spec.vs_ref.filter(|(o, _)| impls.contains(o)) {
+                let ratio = match (ours, outs[&other].median) {
+                    (Some((o, _)), Some(r)) => r / o,
+                    _ => f64::NAN,
+                };
+                let met = ratio >= times;
+                target_json = json!({
+                    "value": target_json.get("value"), "op": target_json.get("op"),
+                    "met": target_json.get("met").and_then(Json::as_bool).unwrap_or(true) && met,
+                    "times_better_than": other.name(), "times": times, "times_met": met,
+                });
+                let sep = if t.is_empty() { "" } else { "; " };
+                let verdict = if met { "met" } else { "MISSED" };
+                let _ = write!(t, "{sep}≥ {} {} {verdict}", fmt_ratio(times), other.name());
+            }
             line.push(t);
         }
         table.rows.push(line);
@@ -646,7 +588,7 @@ async fn bench(args: BenchArgs) -> ExitCode {
     let _ = writeln!(md, "## Results\n");
     let _ = writeln!(
         md,
-        "Median of {} run(s) per figure (a reference that does not finish a size is not run again). \"rs2p vs X\" says how many times better rs2p is: X ÷ rs2p for times, bytes and memory, rs2p ÷ X for rates; it is left out where the sizes differ and the figure is a total.\n",
+        "Median of {} run(s) per figure (a reference that does not finish a size is not run again; the simulator's, 8., run once: a simulation gives the same figures every time). \"rs2p vs X\" says how many times better rs2p is: X ÷ rs2p for times, bytes and memory, rs2p ÷ X for rates; it is left out where the sizes differ and the figure is a total.\n",
         plan.runs
     );
     md.push_str(&table.markdown());

@@ -286,3 +286,42 @@ fn bench_latency_run_writes_its_log() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Scenario 8 (`--only sim`): the simulator's figures in the table, with
+/// their targets at the full size only (here `--quick`: 100 nodes).
+#[test]
+fn bench_reports_the_simulator_s_figures() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let out = Command::new(BIN)
+        .args(["bench", "--only", "sim", "--impl", "rs2p", "--quick"])
+        .args(["--no-write", "--root", root])
+        .output()
+        .expect("runs rs2p bench");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = |what: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with("8. simulator, 100 nodes, 100 writes") && l.contains(what))
+            .map(str::to_owned)
+            .collect()
+    };
+    let missed = row("deliveries missed");
+    assert_eq!(missed.len(), 3, "{text}");
+    for l in &missed {
+        assert!(l.split_whitespace().any(|w| w == "0"), "{l}");
+        assert!(!l.contains("met"), "no target below 1,000 nodes: {l}");
+    }
+    let rmr = row("relative message redundancy");
+    assert_eq!(rmr.len(), 2, "{text}");
+    let progress = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        progress.contains(
+            "rs2p-sim --nodes 100 --writes 100 --writers all --seed 11 --partition-s 20 --churn 20"
+        ),
+        "each case says its command: {progress}"
+    );
+}

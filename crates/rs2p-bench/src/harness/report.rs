@@ -81,6 +81,9 @@ pub(super) struct RowSpec {
     /// The figure scales with the size (a total time): no ratio across
     /// different sizes.
     pub(super) size_bound: bool,
+    /// A second target: rs2p at least this many times better than that
+    /// implementation in the same run.
+    pub(super) vs_ref: Option<(Impl, f64)>,
 }
 
 pub(super) fn fmt_int(v: f64) -> String {
@@ -103,6 +106,14 @@ pub(super) fn fmt_int(v: f64) -> String {
 pub(super) fn fmt_val(v: f64, unit: &str) -> String {
     if !v.is_finite() {
         return "n/a".into();
+    }
+    if unit.is_empty() {
+        // Counts and ratios (the simulator's).
+        if v.fract() == 0.0 {
+            return fmt_int(v);
+        }
+        let four = format!("{v:.4}");
+        return four.trim_end_matches('0').to_string();
     }
     let num = match unit {
         "sets/s" => fmt_int(v),
@@ -145,6 +156,7 @@ pub(super) fn cell(row: &RowSpec, m: Option<&Measured>, imp: Impl, plan: &Plan) 
                 fmt_int(plan.join_size_ref as f64)
             ),
             ("restart", true) => "n/a (keeps nothing across a restart: see 3.)".into(),
+            ("sim", true) => "n/a (simulates rs2p's core)".into(),
             _ => "not run".into(),
         };
         return CellOut {
@@ -255,6 +267,23 @@ pub(super) fn rows(plan: &Plan) -> Vec<RowSpec> {
                 size: None,
                 size_name: "",
                 size_bound: false,
+                vs_ref: (n == 16 && p == "p99").then_some((Impl::Py2p, 10.0)),
+            });
+        }
+        if n == 16 {
+            v.push(RowSpec {
+                id: format!("latency_loopback_n{n}"),
+                label: format!("1. loopback bytes per set, N={n} (all links, headers included)"),
+                scenario: "latency",
+                key: Some(n),
+                figure: "loopback_bytes_per_set",
+                unit: "B",
+                better: Better::Lower,
+                target: Some((4_000.0, "≤")),
+                size: None,
+                size_name: "",
+                size_bound: false,
+                vs_ref: None,
             });
         }
     }
@@ -272,6 +301,7 @@ pub(super) fn rows(plan: &Plan) -> Vec<RowSpec> {
         size: Some(k),
         size_name: "K",
         size_bound: false,
+        vs_ref: None,
     });
     v.push(RowSpec {
         id: "throughput_converged".into(),
@@ -285,6 +315,7 @@ pub(super) fn rows(plan: &Plan) -> Vec<RowSpec> {
         size: Some(k),
         size_name: "K",
         size_bound: false,
+        vs_ref: None,
     });
     v.push(RowSpec {
         id: "throughput_time".into(),
@@ -301,6 +332,7 @@ pub(super) fn rows(plan: &Plan) -> Vec<RowSpec> {
         size: Some(k),
         size_name: "K",
         size_bound: true,
+        vs_ref: None,
     });
     for &m in &plan.join_sizes {
         v.push(RowSpec {
@@ -322,6 +354,7 @@ pub(super) fn rows(plan: &Plan) -> Vec<RowSpec> {
             size: Some(m),
             size_name: "M",
             size_bound: true,
+            vs_ref: None,
         });
     }
     if let Some(&m) = plan.join_sizes.iter().max() {
@@ -337,6 +370,7 @@ pub(super) fn rows(plan: &Plan) -> Vec<RowSpec> {
             size: Some(m),
             size_name: "M",
             size_bound: true,
+            vs_ref: None,
         });
     }
     let m = plan.mem_keys;
@@ -355,6 +389,7 @@ pub(super) fn rows(plan: &Plan) -> Vec<RowSpec> {
         size: Some(m),
         size_name: "M",
         size_bound: true,
+        vs_ref: None,
     });
     v.push(RowSpec {
         id: "wire_bytes".into(),
@@ -368,6 +403,7 @@ pub(super) fn rows(plan: &Plan) -> Vec<RowSpec> {
         size: None,
         size_name: "",
         size_bound: false,
+        vs_ref: None,
     });
     for &n in &plan.form_sizes {
         v.push(RowSpec {
@@ -382,6 +418,7 @@ pub(super) fn rows(plan: &Plan) -> Vec<RowSpec> {
             size: None,
             size_name: "",
             size_bound: false,
+            vs_ref: None,
         });
     }
     let (m, d) = (plan.restart_keys, plan.restart_stale);
@@ -410,6 +447,62 @@ pub(super) fn rows(plan: &Plan) -> Vec<RowSpec> {
             size: Some(m),
             size_name: "M",
             size_bound: true,
+            vs_ref: None,
+        });
+    }
+    let full = plan.sim_nodes == 1000 && plan.sim_writes == 300;
+    for (case, what, figure, unit, target) in [
+        (
+            0,
+            "relative message redundancy",
+            "rmr",
+            "",
+            Some((0.1, "≤")),
+        ),
+        (0, "largest hop count", "ldh", "", Some((12.0, "≤"))),
+        (0, "deliveries missed", "missed", "", Some((0.0, "≤"))),
+        (
+            1,
+            "relative message redundancy",
+            "rmr",
+            "",
+            Some((0.5, "≤")),
+        ),
+        (1, "deliveries missed", "missed", "", Some((0.0, "≤"))),
+        (2, "deliveries missed", "missed", "", Some((0.0, "≤"))),
+        (
+            2,
+            "live nodes not identical at the end",
+            "diverged",
+            "",
+            Some((0.0, "≤")),
+        ),
+        (
+            2,
+            "simulated time until converged",
+            "virtual_ms",
+            "ms",
+            None,
+        ),
+    ] {
+        v.push(RowSpec {
+            id: format!("sim_{case}_{figure}"),
+            label: format!(
+                "8. simulator, {} nodes, {} writes, {}: {what}",
+                fmt_int(plan.sim_nodes as f64),
+                plan.sim_writes,
+                super::sim::CASES[case]
+            ),
+            scenario: "sim",
+            key: Some(case),
+            figure,
+            unit,
+            better: Better::Lower,
+            target: target.filter(|_| full),
+            size: None,
+            size_name: "",
+            size_bound: false,
+            vs_ref: None,
         });
     }
     v
