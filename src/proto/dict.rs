@@ -101,13 +101,14 @@ impl Keyed<()> for Tomb {
 /// Tombstones kept at most; the oldest are forgotten first.
 pub const MAX_TOMBSTONES: usize = 100_000;
 
+/// How long a tombstone is kept: a partition healing later than this may
+/// bring a deleted key back.
+pub const TOMBSTONE_SECS: i64 = 24 * 3600;
+
 /// Keys a peer's hint ([`Dict::reserve`]) makes room for, at most: a
 /// hostile hint costs at most the index's control bytes (8 MiB) and
 /// address space the index and entries fill only as keys arrive.
 pub const MAX_RESERVE: usize = 1 << 22;
-/// How long a tombstone is kept: a partition healing later than this may
-/// bring a deleted key back.
-pub const TOMBSTONE_SECS: i64 = 24 * 3600;
 
 /// What a write changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

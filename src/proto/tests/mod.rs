@@ -50,6 +50,8 @@ struct Net {
     syncs_in: Vec<usize>,
     /// Batches of state-transfer items delivered, per node.
     batches_in: Vec<usize>,
+    /// The counts of expect hints delivered, per node.
+    expects_in: Vec<Vec<u64>>,
     /// Announcements and grafts delivered: (receiver, sub-flag, ids packet).
     tree_ids: Vec<(usize, u8, Value)>,
 }
@@ -96,6 +98,7 @@ impl Net {
             stores_in: vec![0; ids.len()],
             syncs_in: vec![0; ids.len()],
             batches_in: vec![0; ids.len()],
+            expects_in: vec![Vec::new(); ids.len()],
             tree_ids: Vec::new(),
         }
     }
@@ -136,6 +139,10 @@ impl Net {
                                 self.batches_in[j] += 1;
                             }
                             Some((sub::RS2P_SYNC, _)) => self.syncs_in[j] += 1,
+                            Some((sub::RS2P_EXPECT, _)) => {
+                                let count = whisper_packet(&body, 1).and_then(|v| v.as_u64());
+                                self.expects_in[j].push(count.unwrap_or(u64::MAX));
+                            }
                             Some((f @ (sub::RS2P_IHAVE | sub::RS2P_GRAFT), _)) => {
                                 if let Some(ids) = whisper_packet(&body, 1) {
                                     self.tree_ids.push((j, f, ids));

@@ -224,6 +224,26 @@ fn a_holder_announces_how_many_new_keys_follow() {
     assert_eq!(messages_with(&net, &r, &[sub::RS2P_EXPECT]), 0);
 }
 
+/// Whichever side opens the session, the node joining gets one hint:
+/// dialing (the holder answers its empty ranges) or dialed (the holder's
+/// ranges come back as empty lists).
+#[test]
+fn a_joining_node_gets_one_hint_whoever_dials() {
+    for holder_dials in [false, true] {
+        let mut net = Net::new(&["A", "B"]);
+        fill(&mut net, 0, (0..5000).map(|i| format!("k{i}")));
+        if holder_dials {
+            net.connect(0, 1);
+        } else {
+            net.connect(1, 0);
+        }
+        assert!(same(&net, 0, 1));
+        assert_eq!(net.expects_in[1], [5000], "holder dials: {holder_dials}");
+        assert!(net.expects_in[0].is_empty());
+        assert!(net.dicts[1].lock().unwrap().map.capacity() >= 5000);
+    }
+}
+
 /// The hint makes room at once (the index is not grown again while the
 /// keys arrive), never more than `MAX_RESERVE` keys however large the
 /// count, and only from a peer that reconciles.
