@@ -128,9 +128,6 @@ fn resolve_root(arg: Option<PathBuf>) -> PathBuf {
     root.canonicalize().unwrap_or(root)
 }
 
-/// The rest before a latency run that follows another implementation's.
-const LATENCY_REST: Duration = Duration::from_secs(30);
-
 async fn bench(args: BenchArgs) -> ExitCode {
     let mut plan = if args.quick {
         Plan::quick()
@@ -300,23 +297,7 @@ async fn bench(args: BenchArgs) -> ExitCode {
         }
     }
 
-    let mut previous: Option<Impl> = None;
     for (scenario, key, imp, size) in jobs {
-        // Propagation tails are what the host does to us over a few
-        // milliseconds: right after another implementation's runs (the
-        // references burn CPU), rs2p's 8-node p99 measured 0.75-1.5 ms
-        // against 0.65-0.69 ms 30 s later, the same build. Each
-        // implementation's first latency run follows a rest, whoever ran
-        // before.
-        if scenario == "latency" && previous.is_some_and(|p| p != imp) {
-            eprintln!(
-                "           (resting {} s before {}'s runs)",
-                LATENCY_REST.as_secs(),
-                imp.name()
-            );
-            tokio::time::sleep(LATENCY_REST).await;
-        }
-        previous = Some(imp);
         let mut m = Measured {
             scenario,
             key,
@@ -607,7 +588,7 @@ async fn bench(args: BenchArgs) -> ExitCode {
     let _ = writeln!(md, "## Results\n");
     let _ = writeln!(
         md,
-        "Median of {} run(s) per figure (a reference that does not finish a size is not run again; the simulator's, 8., run once: a simulation gives the same figures every time; in scenario 1 each implementation's runs start after a 30 s rest). \"rs2p vs X\" says how many times better rs2p is: X ÷ rs2p for times, bytes and memory, rs2p ÷ X for rates; it is left out where the sizes differ and the figure is a total.\n",
+        "Median of {} run(s) per figure (a reference that does not finish a size is not run again; the simulator's, 8., run once: a simulation gives the same figures every time). \"rs2p vs X\" says how many times better rs2p is: X ÷ rs2p for times, bytes and memory, rs2p ÷ X for rates; it is left out where the sizes differ and the figure is a total.\n",
         plan.runs
     );
     md.push_str(&table.markdown());
