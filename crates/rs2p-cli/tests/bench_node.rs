@@ -234,6 +234,18 @@ fn bench_node_protocol() {
     a.quit();
 }
 
+/// The standard output of a command that must have succeeded (its
+/// output and error output in the failure message otherwise).
+fn succeeded(out: &std::process::Output) -> String {
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
 /// `rs2p bench` end to end on its smallest latency run, with the
 /// per-set log: one line per set and node, each a latency it measured.
 #[test]
@@ -267,12 +279,7 @@ fn bench_latency_run_writes_its_log() {
         .arg(&log)
         .output()
         .expect("runs rs2p bench");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = succeeded(&out);
     assert!(text.contains("propagation p99, N=3"), "{text}");
     let logged = std::fs::read_to_string(&log).expect("the latency log");
     let lines: Vec<Vec<&str>> = logged.lines().map(|l| l.split(' ').collect()).collect();
@@ -297,12 +304,7 @@ fn bench_reports_the_simulator_s_figures() {
         .args(["--no-write", "--root", root])
         .output()
         .expect("runs rs2p bench");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = succeeded(&out);
     let row = |what: &str| -> Vec<String> {
         text.lines()
             .filter(|l| l.starts_with("8. simulator, 100 nodes, 100 writes") && l.contains(what))
