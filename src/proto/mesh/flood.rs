@@ -85,7 +85,8 @@ impl Mesh {
         self.send_frame(conn, frame, now);
     }
 
-    pub(super) fn whisper_to(&mut self, conn: ConnId, payload: &[Value], now: Now) {
+    /// Whispers `payload` to the peer on `conn`.
+    pub(crate) fn whisper_to(&mut self, conn: ConnId, payload: &[Value], now: Now) {
         let packed = Packed::new(main::WHISPER, &self.cfg.id, now.unix, payload);
         self.send_packed(conn, &packed, now);
     }

@@ -15,8 +15,6 @@ use crate::proto::reconcile::{self, Range, MAX_LIST, MAX_RANGES, MAX_WANT};
 use crate::proto::sketch::Sketch;
 use crate::proto::{ConnId, Now};
 use crate::value::Value;
-use crate::wire::flags::main;
-use crate::wire::Packed;
 
 /// How often each rs2p link is reconciled (by its dialling side).
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(30);
@@ -210,17 +208,13 @@ impl Replica {
         };
         if answer.fresh >= reconcile::EXPECT_MIN {
             // Ahead of the keys, which are queued and paced.
-            let payload = reconcile::encode_expect(answer.fresh);
-            let packed = Packed::new(main::WHISPER, mesh.id(), now.unix, &payload);
-            mesh.send_packed(conn, &packed, now);
+            mesh.whisper_to(conn, &reconcile::encode_expect(answer.fresh), now);
         }
         if !answer.send.is_empty() {
             self.queue_keys(conn, answer.send);
         }
         for chunk in answer.want.chunks(MAX_WANT) {
-            let payload = reconcile::encode_want(chunk);
-            let packed = Packed::new(main::WHISPER, mesh.id(), now.unix, &payload);
-            mesh.send_packed(conn, &packed, now);
+            mesh.whisper_to(conn, &reconcile::encode_want(chunk), now);
         }
         if answer.ranges.is_empty() {
             // This side is done with the session.
@@ -370,8 +364,7 @@ fn send_sync(
             end += 1;
         }
         let payload = reconcile::encode_sync(id, &ranges[start..end], sketch.take());
-        let packed = Packed::new(main::WHISPER, mesh.id(), now.unix, &payload);
-        mesh.send_packed(conn, &packed, now);
+        mesh.whisper_to(conn, &payload, now);
         start = end;
     }
 }

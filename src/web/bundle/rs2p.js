@@ -1,5 +1,5 @@
 // rs2p 0.1.0: a p2p-today 0.7 sync node in WebAssembly, with js2p's browser API (classic script; defines the global rs2p).
-// Built by scripts/build-wasm.sh from crates/rs2p-wasm; do not edit. Module 2d43c9892624f184.
+// Built by scripts/build-wasm.sh from crates/rs2p-wasm; do not edit. Module b0d79789acf70ac7.
 (function (root) {
 "use strict";
 const script = typeof document !== "undefined" ? document.currentScript : null;
@@ -975,7 +975,7 @@ return { base, sync, version: VERSION };
 let loaded = false;
 const api = rs2pShell(wasm_bindgen, () => loaded);
 /** Resolves to the rs2p object once its WebAssembly module is loaded. */
-api.ready = wasm_bindgen({ module_or_path: new URL("rs2p.wasm?2d43c9892624f184", base) }).then(() => {
+api.ready = wasm_bindgen({ module_or_path: new URL("rs2p.wasm?b0d79789acf70ac7", base) }).then(() => {
     loaded = true;
     return api;
 });

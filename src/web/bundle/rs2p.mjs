@@ -1,5 +1,5 @@
 // rs2p 0.1.0: a p2p-today 0.7 sync node in WebAssembly, with js2p's browser API (ES module).
-// Built by scripts/build-wasm.sh from crates/rs2p-wasm; do not edit. Module 2d43c9892624f184.
+// Built by scripts/build-wasm.sh from crates/rs2p-wasm; do not edit. Module b0d79789acf70ac7.
 class Core {
 __destroy_into_raw() {
 const ptr = this.__wbg_ptr;
@@ -967,7 +967,7 @@ const sync = { SyncSocket, default_protocol: new Protocol("sync", "ws") };
 return { base, sync, version: VERSION };
 }
 
-const wasmUrl = new URL("rs2p.wasm?2d43c9892624f184", import.meta.url);
+const wasmUrl = new URL("rs2p.wasm?b0d79789acf70ac7", import.meta.url);
 let source = wasmUrl;
 if (wasmUrl.protocol === "file:") {
     // Node: read the module beside this file (fetch cannot read files).
